@@ -1,0 +1,44 @@
+"""From Kafka messages to events: one message holds one event (bson, json) or a batch (raw).
+A received `applyOps` entry is unwound into its operations here."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from oplog.transactions import unwind
+from schemas.codec import UndecodableMessage, check_event, decode_events
+
+
+@dataclass(slots=True)
+class Event:
+    """One operation to replay, with the Kafka position it came from."""
+
+    fields: dict[str, Any]
+    topic: str
+    partition: int
+    offset: int
+
+    @property
+    def op(self) -> str:
+        return self.fields["op"]
+
+    @property
+    def ns(self) -> str:
+        return self.fields["ns"]
+
+
+def decode_message(value: bytes | None, topic: str, partition: int, offset: int) -> list[Event]:
+    events: list[Event] = []
+    for fields in decode_events(value):
+        check_event(fields)
+        command = fields.get("o") if fields.get("op") == "c" else None
+        if isinstance(command, dict) and "applyOps" in command:
+            for inner in unwind(fields, command["applyOps"], fields["ts"]):
+                check_event(inner)
+                events.append(Event(inner, topic, partition, offset))
+        else:
+            events.append(Event(fields, topic, partition, offset))
+    return events
+
+
+__all__ = ["Event", "UndecodableMessage", "decode_message"]

@@ -1,0 +1,39 @@
+"""The consumer's Prometheus metrics."""
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+from runtime.version import VERSION
+
+
+class ConsumerMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.messages_consumed = Counter(
+            "kafkashake_consumer_messages_consumed", "Kafka messages received.", registry=r
+        )
+        self.events_applied = Counter(
+            "kafkashake_consumer_events_applied", "Events written to the destination, by op.", ["op"], registry=r
+        )
+        self.events_passed_over = Counter(
+            "kafkashake_consumer_events_passed_over",
+            "Events deliberately not applied (no-ops, commands, internal namespaces), by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.conflicts = Counter("kafkashake_consumer_conflicts", "Conflicts, by kind.", ["kind"], registry=r)
+        self.lag = Gauge(
+            "kafkashake_consumer_lag_seconds", "Now minus the source time of the last applied event.", registry=r
+        )
+        self.delay = Gauge("kafkashake_consumer_delay_seconds", "The target delay in force.", registry=r)
+        self.checkpoint_ts = Gauge(
+            "kafkashake_consumer_checkpoint_timestamp_seconds", "Source time of the newest checkpointed event.", registry=r
+        )
+        self.partitions_paused = Gauge("kafkashake_consumer_partitions_paused", "Partitions paused.", registry=r)
+        self.bulk_write_seconds = Histogram(
+            "kafkashake_consumer_bulk_write_seconds", "Time to apply one batch to the destination.", registry=r
+        )
+        Info("kafkashake_build", "Build and role.", registry=r).info(
+            {"version": VERSION, "role": "consumer", "fetch_method": "", "format": ""}
+        )

@@ -1,0 +1,133 @@
+"""The consumer's main loop: poll a batch, decode, apply, checkpoint in the destination, commit offsets."""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, Message, TopicPartition
+from pymongo import MongoClient
+
+from consumer.applier import Applier
+from consumer.checkpoint import ConsumerCheckpointStore, PartitionPosition
+from consumer.conflicts import Conflict, RateLimitedLog, describe
+from consumer.decoder import Event, UndecodableMessage, decode_message
+from consumer.metrics import ConsumerMetrics
+from consumer.settings import ConsumerSettings
+from runtime import kafka_config, metrics_server
+from runtime.errors import FatalError
+from runtime.retry import retry_transient
+from runtime.shutdown import ShutdownFlag
+
+log = logging.getLogger("kafkashake.consumer")
+
+CONSUMER_DEFAULTS: dict[str, Any] = {
+    "enable.auto.commit": False,
+    "enable.auto.offset.store": False,
+    "auto.offset.reset": "earliest",
+    "enable.partition.eof": False,
+}
+
+
+class ConsumerRun:
+    def __init__(self, settings: ConsumerSettings, shutdown: ShutdownFlag) -> None:
+        self.settings = settings
+        self.shutdown = shutdown
+        self.metrics = ConsumerMetrics()
+        self.destination = MongoClient(settings.dest_uri, serverSelectionTimeoutMS=10000, appname="kafkashake-consumer")
+        collection = self.destination[settings.checkpoint_db][settings.checkpoint_collection]
+        self.store = ConsumerCheckpointStore(collection, settings.group_id)
+        self._conflict_log = RateLimitedLog()
+        self.applier = Applier(self.destination, frozenset({settings.checkpoint_db}), self._on_conflict)
+        config = kafka_config.client_config(
+            settings.brokers, {**CONSUMER_DEFAULTS, "group.id": settings.group_id}, settings.kafka_properties
+        )
+        self.consumer = Consumer(config)
+
+    def _on_conflict(self, conflict: Conflict) -> None:
+        self.metrics.conflicts.labels(conflict.kind).inc()
+        self._conflict_log.warning("conflict: destination left as it is", **describe(conflict))
+
+    def _call(self, action, what: str):  # type: ignore[no-untyped-def]
+        return retry_transient(action, what, lambda: self.shutdown.requested)
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        committed = {(tp.topic, tp.partition): tp.offset for tp in consumer.committed(partitions, timeout=30)}
+        for tp in partitions:
+            saved = self._call(lambda: self.store.load(tp.topic, tp.partition), "loading the consumer checkpoint")
+            kafka_offset = committed.get((tp.topic, tp.partition), OFFSET_INVALID)
+            resume = kafka_offset if kafka_offset >= 0 else OFFSET_INVALID
+            if saved is not None and saved.offset + 1 > resume:
+                resume = saved.offset + 1
+            tp.offset = resume
+            log.info(
+                "partition assigned",
+                extra={"topic": tp.topic, "partition": tp.partition, "committed": kafka_offset,
+                       "checkpoint": None if saved is None else saved.offset, "resume_offset": resume},
+            )
+        consumer.assign(partitions)
+
+    def run(self) -> None:
+        settings = self.settings
+        metrics_server.serve(self.metrics.registry, settings.metrics_host, settings.metrics_port)
+        self._call(lambda: self.destination.admin.command("ping"), "connecting to the destination")
+        self.consumer.subscribe([settings.topic], on_assign=self._on_assign)
+        log.info("consumer started", extra={"topic": settings.topic, "group": settings.group_id})
+        try:
+            while not self.shutdown.requested:
+                messages = self.consumer.consume(settings.batch_max_messages, settings.poll_timeout_s)
+                if messages:
+                    self._handle(messages)
+        finally:
+            self.consumer.close()
+            log.info("consumer stopped")
+
+    def _handle(self, messages: list[Message]) -> None:
+        events: list[Event] = []
+        positions: dict[tuple[str, int], PartitionPosition] = {}
+        for message in messages:
+            error = message.error()
+            if error is not None:
+                if error.code() == KafkaError._PARTITION_EOF:
+                    continue
+                if error.fatal() or error.code() in (KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError.TOPIC_AUTHORIZATION_FAILED):
+                    raise FatalError(f"Kafka consumer error: {error}")
+                log.warning("Kafka consumer error, continuing", extra={"error": str(error)})
+                continue
+            topic, partition, offset = message.topic(), message.partition(), message.offset()
+            try:
+                decoded = decode_message(message.value(), topic, partition, offset)
+            except UndecodableMessage as exc:
+                raise FatalError(
+                    f"message {topic}/{partition}@{offset} cannot be decoded: {exc}. "
+                    "The consumer stops rather than skip it; inspect the message and restart"
+                ) from exc
+            events.extend(decoded)
+            ts = decoded[-1].fields.get("ts") if decoded else None
+            positions[(topic, partition)] = PartitionPosition(topic, partition, offset, ts)
+        self.metrics.messages_consumed.inc(len(messages))
+        if not positions:
+            return
+        started = time.perf_counter()
+        report = self._call(lambda: self.applier.apply(events), "applying a batch")
+        self.metrics.bulk_write_seconds.observe(time.perf_counter() - started)
+        for op, count in report.applied.items():
+            self.metrics.events_applied.labels(op).inc(count)
+        for reason, count in report.passed_over.items():
+            self.metrics.events_passed_over.labels(reason).inc(count)
+        checkpointed = list(positions.values())
+        self._call(lambda: self.store.save(checkpointed), "saving the consumer checkpoint")
+        self._commit(checkpointed)
+        newest = max((p.ts for p in checkpointed if p.ts is not None), default=None)
+        if newest is not None:
+            self.metrics.checkpoint_ts.set(newest.time)
+            self.metrics.lag.set(max(0.0, time.time() - newest.time))
+
+    def _commit(self, positions: list[PartitionPosition]) -> None:
+        offsets = [TopicPartition(p.topic, p.partition, p.offset + 1) for p in positions]
+        try:
+            self.consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:
+            # The destination checkpoint already holds these positions; a failed commit only means the
+            # next owner of the partition starts from there instead.
+            log.warning("offset commit failed; the destination checkpoint covers it", extra={"error": str(exc)})

@@ -1,0 +1,23 @@
+"""Everything the consumer needs to run, already validated by the command line."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class ConsumerSettings:
+    brokers: str
+    topic: str
+    dest_uri: str
+    group: str = ""
+    checkpoint_db: str = "kafkashake"
+    checkpoint_collection: str = "consumer_checkpoint"
+    kafka_properties: dict[str, str] = field(default_factory=dict)
+    batch_max_messages: int = 2000
+    poll_timeout_s: float = 0.5
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 9101
+
+    @property
+    def group_id(self) -> str:
+        return self.group or f"kafkashake-{self.topic}"

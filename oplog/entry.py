@@ -1,0 +1,50 @@
+"""Reading the few fields of an oplog entry that routing needs, without decoding the rest.
+
+Entries arrive as `RawBSONDocument`s. Top-level access decodes only the top level; sub-documents
+(`o`, `o2`, `lsid`) stay raw until something asks for them."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import bson
+from bson.timestamp import Timestamp
+
+CRUD_OPS = frozenset({"i", "u", "d"})
+SYSTEM_DATABASES = frozenset({"local", "config", "admin"})
+
+
+@dataclass(frozen=True, slots=True)
+class Operation:
+    """One data change ready to publish: where it sits in the oplog, what it touches, and its BSON."""
+
+    ts: Timestamp
+    op: str
+    ns: str
+    document_id: Any
+    value: bytes
+
+
+def document_id(entry: Mapping[str, Any]) -> Any:
+    """The `_id` an operation touches: `o2._id` for updates, `o._id` for inserts and deletes."""
+    if entry["op"] == "u":
+        return entry["o2"]["_id"]
+    return entry["o"]["_id"]
+
+
+def is_internal_namespace(ns: str, private_databases: frozenset[str] = frozenset()) -> bool:
+    """True for namespaces a CDC pipeline must never replay: server-owned databases, `*.system.*`,
+    and the pipeline's own checkpoint and conflict databases."""
+    db, _, coll = ns.partition(".")
+    if not db or db in SYSTEM_DATABASES or db in private_databases:
+        return True
+    return coll.startswith("system.")
+
+
+def is_migration(entry: Mapping[str, Any]) -> bool:
+    """Chunk-migration copies and range deletions: the data did not change, it moved between shards."""
+    return bool(entry.get("fromMigrate", False))
+
+
+def encode_operation(fields: Mapping[str, Any]) -> bytes:
+    return bson.encode(fields)

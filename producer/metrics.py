@@ -1,0 +1,42 @@
+"""The producer's Prometheus metrics."""
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+from runtime.version import VERSION
+
+
+class ProducerMetrics:
+    def __init__(self, fetch_method: str, message_format: str) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.events_read = Counter("kafkashake_producer_events_read", "Oplog entries read, by op.", ["op"], registry=r)
+        self.events_filtered = Counter(
+            "kafkashake_producer_events_filtered", "Entries or operations not published (internal, no-op, ...).", registry=r
+        )
+        self.events_published = Counter(
+            "kafkashake_producer_events_published", "Operations acknowledged by Kafka.", registry=r
+        )
+        self.delivery_errors = Counter("kafkashake_producer_delivery_errors", "Messages Kafka refused.", registry=r)
+        self.lag = Gauge(
+            "kafkashake_producer_lag_seconds",
+            "Source time of the newest event read minus that of the newest acknowledged (server clock).",
+            registry=r,
+        )
+        self.checkpoint_ts = Gauge(
+            "kafkashake_producer_checkpoint_timestamp_seconds", "Source time of the saved checkpoint.", registry=r
+        )
+        self.resume_headroom = Gauge(
+            "kafkashake_producer_resume_headroom_seconds",
+            "Checkpoint time minus the oldest oplog entry's time: how far the checkpoint is from falling off.",
+            registry=r,
+        )
+        self.oplog_window = Gauge(
+            "kafkashake_producer_oplog_window_seconds", "Newest minus oldest oplog entry time.", registry=r
+        )
+        self.publish_seconds = Histogram(
+            "kafkashake_producer_publish_seconds", "Time from handing a message to Kafka to its acknowledgement.", registry=r
+        )
+        Info("kafkashake_build", "Build and role.", registry=r).info(
+            {"version": VERSION, "role": "producer", "fetch_method": fetch_method, "format": message_format}
+        )

@@ -1,0 +1,55 @@
+"""From oplog entries to publishable operations: what is skipped, and how transactions unwind."""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from bson.raw_bson import RawBSONDocument
+from bson.timestamp import Timestamp
+
+from oplog.entry import CRUD_OPS, Operation, document_id, encode_operation, is_internal_namespace, is_migration
+from oplog.transactions import TransactionAssembler, is_transaction_command
+
+
+class OperationExtractor:
+    """Decides per entry what to publish. Counts what it passes over, by reason."""
+
+    def __init__(self, private_databases: frozenset[str]) -> None:
+        self._private = private_databases
+        self._transactions = TransactionAssembler()
+        self.skipped: dict[str, int] = {}
+
+    def hold_below(self) -> Timestamp | None:
+        return self._transactions.oldest_open_position()
+
+    def _skip(self, reason: str) -> list[Operation]:
+        self.skipped[reason] = self.skipped.get(reason, 0) + 1
+        return []
+
+    def _wanted(self, entry: Mapping[str, Any]) -> str | None:
+        """None if the entry is to be published, else the reason it is not."""
+        op = entry.get("op")
+        if op not in CRUD_OPS:
+            return "noop" if op == "n" else "command"
+        if is_migration(entry):
+            return "migration"
+        if is_internal_namespace(entry.get("ns", ""), self._private):
+            return "internal_namespace"
+        return None
+
+    def extract(self, entry: RawBSONDocument) -> list[Operation]:
+        if is_transaction_command(entry):
+            operations = []
+            for inner in self._transactions.feed(entry):
+                reason = self._wanted(inner)
+                if reason is None:
+                    operations.append(
+                        Operation(inner["ts"], inner["op"], inner["ns"], document_id(inner), encode_operation(inner))
+                    )
+                else:
+                    self._skip(reason)
+            return operations
+        reason = self._wanted(entry)
+        if reason is not None:
+            return self._skip(reason)
+        return [Operation(entry["ts"], entry["op"], entry["ns"], document_id(entry), entry.raw)]

@@ -1,0 +1,33 @@
+"""Everything the producer needs to run, already validated by the command line."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from schemas.codec import MessageFormat
+from schemas.partitioning import PartitionBy
+
+
+@dataclass(frozen=True)
+class ProducerSettings:
+    source_uri: str
+    brokers: str
+    topic: str
+    name: str = "kafkashake"
+    message_format: MessageFormat = MessageFormat.BSON
+    fetch_method: str = "oplog"
+    start_position: str = "latest"
+    checkpoint_uri: str | None = None
+    checkpoint_db: str = "kafkashake"
+    checkpoint_collection: str = "checkpoint"
+    conflict_db: str = "kafkashake_conflict"
+    partitions: int = 8
+    replication_factor: int = -1
+    partition_by: PartitionBy = PartitionBy.ID
+    kafka_properties: dict[str, str] = field(default_factory=dict)
+    checkpoint_interval_s: float = 1.0
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 9100
+
+    @property
+    def private_databases(self) -> frozenset[str]:
+        return frozenset({self.checkpoint_db, self.conflict_db})

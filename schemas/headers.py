@@ -1,0 +1,21 @@
+"""Kafka headers carried by every message. Values are UTF-8 strings so any client can read them."""
+from __future__ import annotations
+
+from bson.timestamp import Timestamp
+
+FORMAT = "kafkashake.format"
+WIRE_VERSION = "kafkashake.version"
+NAMESPACE = "kafkashake.ns"
+OPERATION = "kafkashake.op"
+SOURCE_TS = "kafkashake.ts"
+TASK = "kafkashake.task"
+
+
+def position_text(ts: Timestamp) -> str:
+    return f"{ts.time},{ts.inc}"
+
+
+def as_dict(headers: list[tuple[str, bytes | None]] | None) -> dict[str, str]:
+    if not headers:
+        return {}
+    return {name: (value or b"").decode("utf-8", "replace") for name, value in headers}

@@ -1,0 +1,67 @@
+"""Message keys and partitions, exactly as a third party can recompute them.
+
+Key bytes (UTF-8):
+- `id` mode:         `<db>.<coll>` + `\\x00` + compact canonical Extended JSON of `_id`
+                     (e.g. `shop.orders\\x00{"$oid":"65a1..."}`, `shop.orders\\x00{"$numberInt":"7"}`)
+- `collection` mode: `<db>.<coll>`
+- `database` mode:   `<db>`
+Partition: Kafka's default partitioner for keyed messages, `(murmur2(key) & 0x7fffffff) % partitions`,
+as the Java client and librdkafka's `murmur2_random` compute it."""
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+from bson import json_util
+
+_CANONICAL = json_util.JSONOptions(json_mode=json_util.JSONMode.CANONICAL)
+
+
+class PartitionBy(str, enum.Enum):
+    ID = "id"
+    COLLECTION = "collection"
+    DATABASE = "database"
+
+
+def canonical_json(value: Any) -> str:
+    """Compact canonical Extended JSON v2 of one BSON value."""
+    return json_util.dumps(value, json_options=_CANONICAL, separators=(",", ":"))
+
+
+def message_key(mode: PartitionBy, ns: str, document_id: Any) -> bytes:
+    if mode is PartitionBy.ID:
+        return f"{ns}\x00{canonical_json(document_id)}".encode()
+    if mode is PartitionBy.COLLECTION:
+        return ns.encode()
+    return ns.partition(".")[0].encode()
+
+
+def murmur2(data: bytes) -> int:
+    """Kafka's murmur2 (seed 0x9747b28c), as a signed 32-bit integer like Java's `Utils.murmur2`."""
+    m = 0x5BD1E995
+    length = len(data)
+    h = (0x9747B28C ^ length) & 0xFFFFFFFF
+    end = length - (length % 4)
+    for offset in range(0, end, 4):
+        k = int.from_bytes(data[offset : offset + 4], "little")
+        k = (k * m) & 0xFFFFFFFF
+        k ^= k >> 24
+        k = (k * m) & 0xFFFFFFFF
+        h = (h * m) & 0xFFFFFFFF
+        h ^= k
+    tail = length % 4
+    if tail == 3:
+        h ^= data[end + 2] << 16
+    if tail >= 2:
+        h ^= data[end + 1] << 8
+    if tail >= 1:
+        h ^= data[end]
+        h = (h * m) & 0xFFFFFFFF
+    h ^= h >> 13
+    h = (h * m) & 0xFFFFFFFF
+    h ^= h >> 15
+    return h - 0x100000000 if h & 0x80000000 else h
+
+
+def partition_for(key: bytes, partitions: int) -> int:
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
