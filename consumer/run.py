@@ -10,11 +10,12 @@ from pymongo import MongoClient
 
 from consumer.applier import Applier
 from consumer.checkpoint import ConsumerCheckpointStore, PartitionPosition
-from consumer.conflicts import Conflict, RateLimitedLog, describe
+from consumer.conflicts import Conflict, describe
 from consumer.decoder import Event, UndecodableMessage, decode_message
 from consumer.metrics import ConsumerMetrics
 from consumer.settings import ConsumerSettings
 from runtime import kafka_config, metrics_server
+from runtime.logs import RateLimitedLog
 from runtime.errors import FatalError
 from runtime.retry import retry_transient
 from runtime.shutdown import ShutdownFlag
@@ -37,7 +38,8 @@ class ConsumerRun:
         self.destination = MongoClient(settings.dest_uri, serverSelectionTimeoutMS=10000, appname="kafkashake-consumer")
         collection = self.destination[settings.checkpoint_db][settings.checkpoint_collection]
         self.store = ConsumerCheckpointStore(collection, settings.group_id)
-        self._conflict_log = RateLimitedLog()
+        self._conflict_log = RateLimitedLog(logging.getLogger("kafkashake.consumer.conflicts"))
+        self._kafka_warnings = RateLimitedLog(log, per_window=1, window_s=30.0)
         self.applier = Applier(self.destination, frozenset({settings.checkpoint_db}), self._on_conflict)
         config = kafka_config.client_config(
             settings.brokers, {**CONSUMER_DEFAULTS, "group.id": settings.group_id}, settings.kafka_properties
@@ -90,9 +92,9 @@ class ConsumerRun:
             if error is not None:
                 if error.code() == KafkaError._PARTITION_EOF:
                     continue
-                if error.fatal() or error.code() in (KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError.TOPIC_AUTHORIZATION_FAILED):
-                    raise FatalError(f"Kafka consumer error: {error}")
-                log.warning("Kafka consumer error, continuing", extra={"error": str(error)})
+                if error.fatal() or error.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED:
+                    raise FatalError(f"Kafka consumer error: {error}. Check the topic name and the ACLs")
+                self._kafka_warnings.warning("Kafka consumer error, retrying", error=str(error))
                 continue
             topic, partition, offset = message.topic(), message.partition(), message.offset()
             try:

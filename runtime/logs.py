@@ -5,6 +5,7 @@ import datetime as _dt
 import json
 import logging
 import sys
+import time
 from typing import Any
 
 from runtime.secrets import redact
@@ -53,3 +54,27 @@ def configure(log_format: str = "text", level: str = "info") -> None:
     root.setLevel(level.upper())
     for noisy in ("pymongo", "urllib3"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+
+
+class RateLimitedLog:
+    """At most `per_window` warnings every `window_s` seconds, then one line saying how many were suppressed."""
+
+    def __init__(self, logger: logging.Logger, per_window: int = 20, window_s: float = 10.0) -> None:
+        self._logger = logger
+        self._per_window = per_window
+        self._window_s = window_s
+        self._window_start = time.monotonic()
+        self._count = 0
+        self._suppressed = 0
+
+    def warning(self, message: str, **fields: Any) -> None:
+        now = time.monotonic()
+        if now - self._window_start >= self._window_s:
+            if self._suppressed:
+                self._logger.warning("similar log lines suppressed", extra={"suppressed": self._suppressed})
+            self._window_start, self._count, self._suppressed = now, 0, 0
+        if self._count < self._per_window:
+            self._count += 1
+            self._logger.warning(message, extra=fields)
+        else:
+            self._suppressed += 1

@@ -1,0 +1,150 @@
+"""Real servers on loopback for the tests: SecantusDB (through the project's launcher) and Tansu."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from bson import json_util
+from bson.binary import UuidRepresentation
+from pymongo import MongoClient
+
+from kafkashake import embedded
+
+FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "oplog"
+LOCAL_FIXTURES = Path(__file__).resolve().parent / "fixtures" / "oplog"
+FAST_GROUP = ["-X", "session.timeout.ms=6000", "-X", "heartbeat.interval.ms=500"]
+FIXTURE_JSON = json_util.JSONOptions(document_class=dict, uuid_representation=UuidRepresentation.UNSPECIFIED)
+
+
+def fixture_path(name: str) -> Path:
+    for base in (LOCAL_FIXTURES, FIXTURES):
+        if (base / name).exists():
+            return base / name
+    pytest.fail(f"fixture {name} not found in {LOCAL_FIXTURES} or {FIXTURES}")
+
+
+def load_fixture_lines(name: str) -> list[dict]:
+    rows = []
+    for line in fixture_path(name).read_text().splitlines():
+        if line.strip():
+            rows.append(json_util.loads(line, json_options=FIXTURE_JSON))
+    return rows
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[embedded.EmbeddedStack]:
+    with embedded.EmbeddedStack(tmp_path_factory.mktemp("stack")) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def kafka(stack: embedded.EmbeddedStack) -> embedded.Service:
+    return stack.start_kafka()
+
+
+@pytest.fixture(scope="session")
+def brokers(kafka: embedded.Service) -> str:
+    return embedded.brokers(kafka)
+
+
+@pytest.fixture(scope="session")
+def shared_mongo(stack: embedded.EmbeddedStack) -> embedded.Service:
+    return stack.start_mongo("shared-mongo")
+
+
+@pytest.fixture
+def source(stack: embedded.EmbeddedStack) -> Iterator[embedded.Service]:
+    service = stack.start_mongo(f"source-{uuid.uuid4().hex[:6]}")
+    yield service
+    service.stop()
+
+
+@pytest.fixture
+def destination(stack: embedded.EmbeddedStack) -> Iterator[embedded.Service]:
+    service = stack.start_mongo(f"dest-{uuid.uuid4().hex[:6]}")
+    yield service
+    service.stop()
+
+
+def client(service: embedded.Service) -> MongoClient:
+    return MongoClient(embedded.mongo_uri(service), serverSelectionTimeoutMS=20000)
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+class CliProcess:
+    """One `kafkashake` process with its log file; can be killed and started again with the same arguments."""
+
+    def __init__(self, args: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
+        self.args = args
+        self.log_path = log_path
+        self.env = env
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> "CliProcess":
+        handle = self.log_path.open("ab")
+        self.process = subprocess.Popen([sys.executable, "-m", "kafkashake", *self.args], stdout=handle,
+                                        stderr=subprocess.STDOUT, env={**os.environ, **(self.env or {})})
+        handle.close()
+        return self
+
+    def kill9(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(30)
+
+    def terminate(self, timeout: float = 60) -> int:
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout)
+
+    def wait(self, timeout: float) -> int:
+        assert self.process is not None
+        return self.process.wait(timeout)
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@pytest.fixture
+def cli(tmp_path: Path) -> Iterator[Callable[..., CliProcess]]:
+    started: list[CliProcess] = []
+
+    def make(*args: str, env: dict[str, str] | None = None, name: str = "proc") -> CliProcess:
+        process = CliProcess(list(args), tmp_path / f"{name}-{len(started)}.log", env)
+        started.append(process)
+        return process
+
+    yield make
+    for process in started:
+        if process.running:
+            process.process.kill()  # type: ignore[union-attr]
+            process.process.wait(30)  # type: ignore[union-attr]
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, message: str, interval: float = 0.5) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(interval)
+    pytest.fail(f"timed out after {timeout:.0f} s: {message}")
+
+
+def dump_json(value: object) -> str:
+    return json.dumps(value, default=str)

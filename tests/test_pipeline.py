@@ -1,0 +1,146 @@
+"""End to end on real processes: SecantusDB → producer → Tansu → consumer → SecantusDB."""
+from __future__ import annotations
+
+import threading
+import time
+from collections import defaultdict
+
+import bson
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+
+from conftest import FAST_GROUP, client, unique, wait_until
+from kafkashake import embedded, workload
+from schemas import headers
+from schemas.partitioning import partition_for
+
+pytestmark = pytest.mark.e2e
+
+
+def producer_args(source, brokers: str, topic: str, *extra: str) -> list[str]:
+    return ["producer", "run", "--source-uri", embedded.mongo_uri(source), "--brokers", brokers, "--topic", topic,
+            "--start-position", "earliest", "--metrics-port", "0", *extra]
+
+
+def consumer_args(destination, brokers: str, topic: str, *extra: str) -> list[str]:
+    return ["consumer", "run", "--dest-uri", embedded.mongo_uri(destination), "--brokers", brokers, "--topic", topic,
+            "--metrics-port", "0", *FAST_GROUP, *extra]
+
+
+def wait_equal(source, destination, db: str, timeout: float = 120) -> None:
+    src, dst = client(source)[db], client(destination)[db]
+    last: list[list[str]] = [[]]
+
+    def equal() -> bool:
+        last[0] = workload.differences(src, dst, field_order=False)
+        return not last[0]
+
+    try:
+        wait_until(equal, timeout, "destination never equalled source")
+    except pytest.fail.Exception:
+        pytest.fail("destination differs from source:\n" + "\n".join(last[0][:20]))
+
+
+def read_topic(brokers: str, topic: str, partitions: int = 8) -> list:
+    consumer = Consumer({"bootstrap.servers": brokers, "group.id": unique("reader"), "enable.auto.commit": False})
+    consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+    messages, idle_since = [], time.monotonic()
+    while time.monotonic() - idle_since < 5:
+        batch = consumer.consume(500, 0.5)
+        if batch:
+            idle_since = time.monotonic()
+            messages.extend(m for m in batch if m.error() is None)
+    consumer.close()
+    return messages
+
+
+def test_varied_workload_replicates_and_partitions_by_document(source, destination, brokers, cli) -> None:
+    topic = unique("e2e")
+    producer = cli(*producer_args(source, brokers, topic), name="producer").start()
+    consumer = cli(*consumer_args(destination, brokers, topic), name="consumer").start()
+    issued = workload.run_workload(client(source)["shop"], 600)
+    assert issued == 600
+    wait_equal(source, destination, "shop")
+    assert producer.terminate() == 0, producer.log()
+    assert consumer.terminate() == 0, consumer.log()
+
+    partitions_of: dict[tuple[str, bytes], set[int]] = defaultdict(set)
+    for message in read_topic(brokers, topic):
+        header = headers.as_dict(message.headers())
+        event = bson.decode(message.value())
+        assert header[headers.FORMAT] == "bson" and header[headers.NAMESPACE] == event["ns"]
+        assert header[headers.OPERATION] == event["op"]
+        assert header[headers.SOURCE_TS] == f"{event['ts'].time},{event['ts'].inc}"
+        assert message.partition() == partition_for(message.key(), 8), "third parties can recompute the partition"
+        document_id = event["o2"]["_id"] if event["op"] == "u" else event["o"]["_id"]
+        partitions_of[(event["ns"], bson.encode({"": document_id}))].add(message.partition())
+    assert len(partitions_of) > 100
+    assert all(len(found) == 1 for found in partitions_of.values()), "every event of a document shares a partition"
+
+
+def test_kill9_producer_and_consumer_mid_workload_loses_nothing(source, destination, brokers, cli) -> None:
+    topic = unique("kill9")
+    producer = cli(*producer_args(source, brokers, topic), name="producer").start()
+    consumer = cli(*consumer_args(destination, brokers, topic), name="consumer").start()
+    done = threading.Event()
+    errors: list[BaseException] = []
+
+    def drive() -> None:
+        try:
+            workload.run_workload(client(source)["shop"], 2500, seed=11)
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            done.set()
+
+    threading.Thread(target=drive, daemon=True).start()
+    kills = 0
+    while not done.is_set() and kills < 6:
+        time.sleep(1.5)
+        victim = producer if kills % 2 == 0 else consumer
+        victim.kill9()
+        time.sleep(0.3)
+        victim.start()
+        kills += 1
+    done.wait(300)
+    assert not errors, errors
+    assert kills >= 2, "the workload ended before both processes were killed"
+    wait_equal(source, destination, "shop", timeout=180)
+    assert producer.terminate() == 0 and consumer.terminate() == 0
+
+
+def test_sigterm_checkpoints_and_restart_resumes_exclusively(source, destination, brokers, cli) -> None:
+    topic = unique("resume")
+    src = client(source)
+    producer = cli(*producer_args(source, brokers, topic), name="producer").start()
+    wait_until(lambda: src["kafkashake"]["checkpoint"].find_one({"_id": "kafkashake"}) is not None, 30,
+               "the start position is checkpointed at once")
+    src["shop"]["items"].insert_many([{"_id": i} for i in range(50)])
+    time.sleep(2)
+    assert producer.terminate() == 0
+    saved = src["kafkashake"]["checkpoint"].find_one({"_id": "kafkashake"})
+    assert saved["fetch_method"] == "oplog" and "version" in saved and "updated_at" in saved
+    src["shop"]["items"].insert_many([{"_id": i} for i in range(50, 80)])
+    producer.start()
+    consumer = cli(*consumer_args(destination, brokers, topic), name="consumer").start()
+    wait_equal(source, destination, "shop")
+    assert producer.terminate() == 0 and consumer.terminate() == 0
+    assert len(read_topic(brokers, topic)) == 80, "restarting from the checkpoint neither skips nor repeats"
+
+
+def test_checkpoint_fallen_off_the_oplog_exits_3(stack, brokers, cli) -> None:
+    small = stack.start_mongo(unique("small-oplog"), "--oplog-max-entries", "40")
+    try:
+        topic = unique("rollover")
+        src = client(small)
+        producer = cli(*producer_args(small, brokers, topic), name="producer").start()
+        wait_until(lambda: src["kafkashake"]["checkpoint"].find_one() is not None, 30, "first checkpoint")
+        assert producer.terminate() == 0
+        for i in range(120):
+            src["shop"]["items"].insert_one({"_id": i})
+        restarted = cli(*producer_args(small, brokers, topic), name="producer-again").start()
+        assert restarted.wait(60) == 3
+        log = restarted.log()
+        assert "older than the oldest oplog entry" in log and "To recover" in log
+    finally:
+        small.stop()

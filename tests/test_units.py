@@ -1,0 +1,160 @@
+"""Pure logic: positions, delivery bookkeeping, transaction assembly, partitioning, codec sniffing, secrets."""
+from __future__ import annotations
+
+import bson
+import pytest
+from bson.raw_bson import RawBSONDocument
+from bson.timestamp import Timestamp
+
+from conftest import load_fixture_lines
+from oplog import position
+from oplog.transactions import TransactionAssembler
+from producer.delivery import DeliveryTracker
+from producer.operations import OperationExtractor
+from runtime import secrets
+from schemas.codec import MessageFormat, UndecodableMessage, decode_events, sniff
+from schemas.partitioning import PartitionBy, message_key, murmur2, partition_for
+
+
+def ts(i: int, inc: int = 1) -> Timestamp:
+    return Timestamp(1000 + i, inc)
+
+
+def test_position_parse_and_neighbours() -> None:
+    assert position.parse("1700000000,5") == Timestamp(1700000000, 5)
+    assert position.parse("2023-11-14T22:13:20Z") == Timestamp(1700000000, 0)
+    assert position.predecessor(Timestamp(5, 0)) == Timestamp(4, 0xFFFFFFFF)
+    assert position.successor(position.predecessor(Timestamp(5, 3))) == Timestamp(5, 3)
+    assert position.from_int64(position.to_int64(Timestamp(7, 9))) == Timestamp(7, 9)
+    with pytest.raises(ValueError):
+        position.parse("yesterday")
+
+
+def test_checkpoint_waits_for_every_acknowledgement() -> None:
+    tracker = DeliveryTracker(ts(0))
+    slots = []
+    for i in (1, 2, 3):
+        tracker.read(ts(i))
+        slots.append(tracker.sent(ts(i)))
+    tracker.caught_up()
+    tracker.acknowledged(slots[0])
+    tracker.acknowledged(slots[2])
+    assert tracker.safe_position() == position.predecessor(ts(2)), "resuming after it re-reads ts(2)"
+    tracker.acknowledged(slots[1])
+    assert tracker.safe_position() == ts(3)
+
+
+def test_shared_ts_is_not_checkpointed_until_sealed() -> None:
+    tracker = DeliveryTracker(ts(0))
+    tracker.read(ts(1))
+    tracker.acknowledged(tracker.sent(ts(1)))
+    assert tracker.safe_position() == ts(0), "more entries with ts(1) may still be unread"
+    tracker.read(ts(1))
+    second = tracker.sent(ts(1))
+    tracker.read(ts(2))
+    assert tracker.safe_position() == position.predecessor(ts(1))
+    tracker.acknowledged(second)
+    assert tracker.safe_position() == ts(1)
+
+
+def test_open_transaction_holds_the_checkpoint_and_it_never_moves_back() -> None:
+    tracker = DeliveryTracker(ts(0))
+    tracker.read(ts(5))
+    tracker.caught_up()
+    assert tracker.safe_position(hold_below=ts(3)) == position.predecessor(ts(3))
+    assert tracker.safe_position(hold_below=ts(2)) == position.predecessor(ts(3))
+    assert tracker.safe_position() == ts(5)
+
+
+def _raw(document: dict) -> RawBSONDocument:
+    return RawBSONDocument(bson.encode(document))
+
+
+ENTRIES = {e["_fixture"]["case"]: e for e in load_fixture_lines("oplog_entries.jsonl")}
+
+
+def _entry(case: str) -> RawBSONDocument:
+    document = dict(ENTRIES[case])
+    document.pop("_fixture")
+    return _raw(document)
+
+
+def test_partial_transaction_chain_released_at_commit_with_commit_ts() -> None:
+    assembler = TransactionAssembler()
+    first = _entry("txn_large_unprepared_partialTxn_first")
+    assert assembler.feed(first) == []
+    assert assembler.oldest_open_position() == first["ts"]
+    assert assembler.feed(_entry("txn_large_unprepared_partialTxn_middle")) == []
+    final = _entry("txn_large_unprepared_final_with_count")
+    operations = assembler.feed(final)
+    assert [op["o"]["_id"] for op in operations] == [0, 1, 2, 3, 4, 5]
+    assert {op["ts"] for op in operations} == {final["ts"]}
+    assert assembler.oldest_open_position() is None
+
+
+def test_prepared_transaction_commits_and_abort_discards() -> None:
+    assembler = TransactionAssembler()
+    for case in ("txn_large_prepared_committed_0", "txn_large_prepared_committed_1", "txn_large_prepared_committed_2"):
+        assert assembler.feed(_entry(case)) == []
+    committed = assembler.feed(_entry("txn_large_prepared_committed_3"))
+    assert [op["o"]["_id"] for op in committed] == list(range(10))
+
+    aborting = TransactionAssembler()
+    prepared = dict(ENTRIES["txn_prepare_applyOps_4_4"])
+    prepared.pop("_fixture")
+    assert aborting.feed(_raw(prepared)) == []
+    abort = {**prepared, "o": {"abortTransaction": 1}}
+    assert aborting.feed(_raw(abort)) == []
+    assert aborting.oldest_open_position() is None
+
+
+def test_extractor_handles_every_fixture_entry() -> None:
+    extractor = OperationExtractor(frozenset({"kafkashake"}))
+    published = []
+    for case in ENTRIES:
+        published.extend(extractor.extract(_entry(case)))
+    namespaces = {op.ns for op in published}
+    assert not any(ns.startswith(("config.", "admin.", "local.")) for ns in namespaces)
+    assert all(op.op in "iud" for op in published)
+    assert "trx.test" in namespaces and "txntest.c" in namespaces
+    assert extractor.skipped["migration"] == 1
+    for op in published:
+        decoded = bson.decode(op.value)
+        assert decoded["ns"] == op.ns and decoded["ts"] == op.ts
+
+
+def test_murmur2_matches_kafka_vectors() -> None:
+    assert murmur2(b"21") == -973932308
+    assert murmur2(b"foobar") == -790332482
+    assert murmur2(b"a-little-bit-long-string") == -985981536
+    assert murmur2(b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8") == -58897971
+
+
+def test_message_keys_by_mode() -> None:
+    assert message_key(PartitionBy.ID, "db.c", 7) == b'db.c\x00{"$numberInt":"7"}'
+    assert message_key(PartitionBy.COLLECTION, "db.c", 7) == b"db.c"
+    assert message_key(PartitionBy.DATABASE, "db.c", 7) == b"db"
+    assert 0 <= partition_for(b"db.c", 8) < 8
+
+
+def test_sniffing_puts_bson_before_json() -> None:
+    for size in range(5, 600):
+        document = {"p": "x" * size}
+        encoded = bson.encode(document)
+        if encoded[0] == ord("{"):
+            assert sniff(encoded) is MessageFormat.BSON
+            assert decode_events(encoded) == [document]
+            break
+    else:
+        pytest.fail("no BSON document starting with '{' was built")
+    assert sniff(b'  {"op": "i"}') is MessageFormat.JSON
+    for garbage in (b"", b"\x00\x01", b"hello", bson.encode({"a": 1})[:-3]):
+        with pytest.raises(UndecodableMessage):
+            decode_events(garbage)
+
+
+def test_secrets_are_masked() -> None:
+    secrets.register_uri("mongodb://admin:s3cr3t-pw@host:27017/?authSource=admin")
+    text = secrets.redact("connect mongodb://admin:s3cr3t-pw@host:27017 failed; password s3cr3t-pw")
+    assert "s3cr3t-pw" not in text
+    assert "mongodb://admin:***@host" in text
