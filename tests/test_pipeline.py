@@ -136,8 +136,9 @@ def test_checkpoint_fallen_off_the_oplog_exits_3(stack, brokers, cli) -> None:
         producer = cli(*producer_args(small, brokers, topic), name="producer").start()
         wait_until(lambda: src["kafkashake"]["checkpoint"].find_one() is not None, 30, "first checkpoint")
         assert producer.terminate() == 0
-        for i in range(120):
-            src["shop"]["items"].insert_one({"_id": i})
+        # SecantusDB enforces --oplog-max-entries every 1000 oplog writes.
+        src["shop"]["items"].insert_many([{"_id": i} for i in range(1200)])
+        assert src["local"]["oplog.rs"].count_documents({}) <= 1200
         restarted = cli(*producer_args(small, brokers, topic), name="producer-again").start()
         assert restarted.wait(60) == 3
         log = restarted.log()
