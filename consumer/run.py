@@ -6,7 +6,6 @@ import time
 from typing import Any
 
 from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, Message, TopicPartition
-from pymongo import MongoClient
 
 from consumer.applier import Applier
 from consumer.checkpoint import ConsumerCheckpointStore, PartitionPosition
@@ -14,7 +13,7 @@ from consumer.conflicts import Conflict, describe
 from consumer.decoder import Event, UndecodableMessage, decode_message
 from consumer.metrics import ConsumerMetrics
 from consumer.settings import ConsumerSettings
-from runtime import kafka_config, metrics_server
+from runtime import kafka_config, metrics_server, mongo
 from runtime.logs import RateLimitedLog
 from runtime.errors import FatalError
 from runtime.retry import retry_transient
@@ -35,7 +34,7 @@ class ConsumerRun:
         self.settings = settings
         self.shutdown = shutdown
         self.metrics = ConsumerMetrics()
-        self.destination = MongoClient(settings.dest_uri, serverSelectionTimeoutMS=10000, appname="kafkashake-consumer")
+        self.destination = mongo.connect(settings.dest_uri, "kafkashake-consumer")
         collection = self.destination[settings.checkpoint_db][settings.checkpoint_collection]
         self.store = ConsumerCheckpointStore(collection, settings.group_id)
         self._conflict_log = RateLimitedLog(logging.getLogger("kafkashake.consumer.conflicts"))
@@ -72,7 +71,7 @@ class ConsumerRun:
     def run(self) -> None:
         settings = self.settings
         metrics_server.serve(self.metrics.registry, settings.metrics_host, settings.metrics_port)
-        self._call(lambda: self.destination.admin.command("ping"), "connecting to the destination")
+        mongo.ensure_reachable(self.destination, "destination", settings.dest_uri, lambda: self.shutdown.requested)
         self.consumer.subscribe([settings.topic], on_assign=self._on_assign)
         log.info("consumer started", extra={"topic": settings.topic, "group": settings.group_id})
         try:

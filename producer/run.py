@@ -5,7 +5,6 @@ import logging
 import time
 
 from bson.timestamp import Timestamp
-from pymongo import MongoClient
 
 from oplog import position
 from producer.checkpoint import CheckpointStore
@@ -15,7 +14,7 @@ from producer.operations import OperationExtractor
 from producer.oplog_reader import IDLE, OplogReader
 from producer.publisher import PRODUCER_DEFAULTS, Publisher, ensure_topic
 from producer.settings import ProducerSettings
-from runtime import kafka_config, metrics_server
+from runtime import kafka_config, metrics_server, mongo
 from runtime.errors import FatalError
 from runtime.retry import Backoff, is_transient, retry_transient
 from runtime.shutdown import ShutdownFlag
@@ -42,13 +41,11 @@ class ProducerRun:
         self.settings = settings
         self.shutdown = shutdown
         self.metrics = ProducerMetrics(settings.fetch_method, settings.message_format.value)
-        self.source = MongoClient(settings.source_uri, serverSelectionTimeoutMS=10000, appname="kafkashake-producer")
-        store_client = (
-            MongoClient(settings.checkpoint_uri, serverSelectionTimeoutMS=10000, appname="kafkashake-producer")
-            if settings.checkpoint_uri
-            else self.source
+        self.source = mongo.connect(settings.source_uri, "kafkashake-producer")
+        self.store_client = (
+            mongo.connect(settings.checkpoint_uri, "kafkashake-producer") if settings.checkpoint_uri else self.source
         )
-        collection = store_client[settings.checkpoint_db][settings.checkpoint_collection]
+        collection = self.store_client[settings.checkpoint_db][settings.checkpoint_collection]
         self.store = CheckpointStore(collection, settings.name, settings.fetch_method)
         self.reader = OplogReader(self.source)
         self.extractor = OperationExtractor(settings.private_databases)
@@ -88,6 +85,10 @@ class ProducerRun:
     def run(self) -> None:
         settings = self.settings
         metrics_server.serve(self.metrics.registry, settings.metrics_host, settings.metrics_port)
+        stop = lambda: self.shutdown.requested  # noqa: E731
+        mongo.ensure_reachable(self.source, "source", settings.source_uri, stop)
+        if settings.checkpoint_uri:
+            mongo.ensure_reachable(self.store_client, "checkpoint store", settings.checkpoint_uri, stop)
         start = self._starting_position()
         self._call(lambda: self.reader.check_within_window(start), "checking the oplog window")
 

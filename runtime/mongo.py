@@ -1,0 +1,38 @@
+"""Connecting to MongoDB: one way to build clients, and a start-up check that fails clearly."""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from pymongo import MongoClient
+from pymongo.errors import OperationFailure, PyMongoError
+
+from runtime.errors import FatalError
+from runtime.retry import is_transient, retry_transient
+from runtime.secrets import redact_uri
+
+SERVER_SELECTION_TIMEOUT_MS = 10_000
+STARTUP_REACH_TIMEOUT_S = 30.0
+
+
+def connect(uri: str, appname: str) -> MongoClient:
+    return MongoClient(uri, serverSelectionTimeoutMS=SERVER_SELECTION_TIMEOUT_MS, appname=appname)
+
+
+def ensure_reachable(client: MongoClient, what: str, uri: str, should_stop: Callable[[], bool],
+                     timeout_s: float = STARTUP_REACH_TIMEOUT_S) -> None:
+    """Ping `client`, retrying for up to `timeout_s`; then stop with a message that says what to check."""
+    try:
+        retry_transient(lambda: client.admin.command("ping"), f"connecting to the {what}", should_stop,
+                        give_up_after_s=timeout_s)
+    except OperationFailure as exc:
+        raise FatalError(
+            f"the {what} at {redact_uri(uri)} refused the connection: {exc} (code {exc.code}). "
+            "Check the user, password and authSource in the connection string"
+        ) from exc
+    except PyMongoError as exc:
+        if not is_transient(exc):
+            raise
+        raise FatalError(
+            f"cannot reach the {what} at {redact_uri(uri)} within {timeout_s:.0f} s: {exc}. "
+            "Check the host, port, TLS options and that the server is up"
+        ) from exc
