@@ -158,3 +158,20 @@ def test_secrets_are_masked() -> None:
     text = secrets.redact("connect mongodb://admin:s3cr3t-pw@host:27017 failed; password s3cr3t-pw")
     assert "s3cr3t-pw" not in text
     assert "mongodb://admin:***@host" in text
+
+
+def test_json_log_lines_are_structured_and_redacted() -> None:
+    import json
+    import logging
+
+    from runtime.logs import JsonFormatter, TextFormatter
+
+    secrets.register("sasl-secret-value")
+    record = logging.LogRecord("kafkashake.test", logging.WARNING, __file__, 1,
+                               "connecting to mongodb://u:topsecret@h:1 with sasl-secret-value", None, None)
+    record.partition = 3
+    line = json.loads(JsonFormatter().format(record))
+    assert line["level"] == "warning" and line["partition"] == 3 and line["logger"] == "kafkashake.test"
+    assert "topsecret" not in line["msg"] and "sasl-secret-value" not in line["msg"]
+    text = TextFormatter().format(record)
+    assert "partition=3" in text and "topsecret" not in text
