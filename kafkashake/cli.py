@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from bson.timestamp import Timestamp
 
 from kafkashake import config_file
 from oplog import position
@@ -45,18 +44,13 @@ def env(name: str) -> str:
 
 # ------------------------------------------------------------------------------------------- --config handling
 
-RUN_OPTION_NAMES: dict[str, set[str]] = {}
-
-
 def _config_callback(role: str) -> Callable[[typer.Context, typer.CallbackParam, Optional[Path]], Optional[Path]]:
     def load(ctx: typer.Context, param: typer.CallbackParam, value: Optional[Path]) -> Optional[Path]:
         if value is None:
             return value
         own = {p.name for p in ctx.command.params if p.name and p.name != "config"}
-        RUN_OPTION_NAMES[role] = own
-        known = set().union(*RUN_OPTION_NAMES.values(), own) | _all_run_option_names()
         try:
-            values = config_file.load(value, role, own, known)
+            values = config_file.load(value, role, own, _all_run_option_names())
         except config_file.ConfigFileError as exc:
             raise typer.BadParameter(str(exc), param_hint="'--config'") from exc
         ctx.default_map = {**(ctx.default_map or {}), **values}
@@ -66,6 +60,7 @@ def _config_callback(role: str) -> Callable[[typer.Context, typer.CallbackParam,
 
 
 def _all_run_option_names() -> set[str]:
+    """Option names of both `run` commands, so one config file can serve the producer and the consumer."""
     names: set[str] = set()
     for command in (producer_run, consumer_run):
         click_command = typer.main.get_command_from_info(
@@ -298,4 +293,4 @@ def main() -> None:
     app()
 
 
-__all__ = ["app", "main", "Timestamp"]
+__all__ = ["app", "main"]

@@ -3,7 +3,6 @@ the consumer's real decode and write path."""
 from __future__ import annotations
 
 import bson
-import pytest
 from bson.binary import UuidRepresentation
 from bson.codec_options import CodecOptions
 from bson.raw_bson import RawBSONDocument
