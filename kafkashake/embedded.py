@@ -4,9 +4,9 @@ imported here (it is GPL-2.0). Install with `pip install 'kafkashake[embedded]'`
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -93,13 +93,8 @@ class EmbeddedStack:
 
     def start_mongo(self, name: str, *extra: str, port: int | None = None, data_dir: Path | None = None) -> Service:
         """A SecantusDB server; its connection string is `mongo_uri(service)`."""
-        try:
-            import importlib.util
-
-            if importlib.util.find_spec("secantus") is None:
-                raise ImportError
-        except ImportError as exc:
-            raise EmbeddedUnavailable("the embedded MongoDB needs: pip install 'kafkashake[embedded]'") from exc
+        if importlib.util.find_spec("secantus") is None:
+            raise EmbeddedUnavailable("the embedded MongoDB needs: pip install 'kafkashake[embedded]'")
         port = port or free_port()
         data_dir = data_dir or self.workdir / f"{name}-data"
         argv = [sys.executable, str(SECANTUS_LAUNCHER), "--host", "127.0.0.1", "--port", str(port),
@@ -139,4 +134,4 @@ def brokers(service: Service) -> str:
     return f"127.0.0.1:{service.port}"
 
 
-__all__ = ["EmbeddedStack", "EmbeddedUnavailable", "Service", "brokers", "free_port", "mongo_uri", "signal"]
+__all__ = ["EmbeddedStack", "EmbeddedUnavailable", "Service", "brokers", "free_port", "mongo_uri"]

@@ -7,7 +7,6 @@ import random
 from collections.abc import Callable
 
 import bson
-
 from bson import Binary, Code, Decimal128, Int64, MaxKey, MinKey, ObjectId, Regex, Timestamp
 from bson.binary import UuidRepresentation
 from bson.codec_options import CodecOptions

@@ -7,6 +7,7 @@ import time
 from bson.timestamp import Timestamp
 
 from oplog import position
+from oplog.entry import Operation
 from producer.checkpoint import CheckpointStore
 from producer.delivery import DeliveryTracker
 from producer.metrics import ProducerMetrics
@@ -153,7 +154,7 @@ class ProducerRun:
                 log.warning("source unavailable, retrying", extra={"error": str(exc), "retry_in_s": round(delay, 2)})
                 self.shutdown.wait(delay)
 
-    def _publish(self, publisher: Publisher, tracker: DeliveryTracker, operation) -> None:  # type: ignore[no-untyped-def]
+    def _publish(self, publisher: Publisher, tracker: DeliveryTracker, operation: Operation) -> None:
         slot = tracker.sent(operation.ts)
         handed_at = time.perf_counter()
         metrics = self.metrics
