@@ -26,6 +26,8 @@ CONSUMER_DEFAULTS: dict[str, Any] = {
     "enable.auto.offset.store": False,
     "auto.offset.reset": "earliest",
     "enable.partition.eof": False,
+    # Notice topics created after start (per-namespace topics, --topic-pattern) within seconds, not 5 minutes.
+    "topic.metadata.refresh.interval.ms": 5000,
 }
 
 
@@ -72,8 +74,8 @@ class ConsumerRun:
         settings = self.settings
         metrics_server.serve(self.metrics.registry, settings.metrics_host, settings.metrics_port)
         mongo.ensure_reachable(self.destination, "destination", settings.dest_uri, lambda: self.shutdown.requested)
-        self.consumer.subscribe([settings.topic], on_assign=self._on_assign)
-        log.info("consumer started", extra={"topic": settings.topic, "group": settings.group_id})
+        self.consumer.subscribe(settings.subscription, on_assign=self._on_assign)
+        log.info("consumer started", extra={"subscription": settings.subscription, "group": settings.group_id})
         try:
             while not self.shutdown.requested:
                 messages = self.consumer.consume(settings.batch_max_messages, settings.poll_timeout_s)

@@ -9,6 +9,7 @@ class ConsumerSettings:
     brokers: str
     topic: str
     dest_uri: str
+    topic_pattern: str = ""
     group: str = ""
     checkpoint_db: str = "kafkashake"
     checkpoint_collection: str = "consumer_checkpoint"
@@ -19,5 +20,10 @@ class ConsumerSettings:
     metrics_port: int = 9101
 
     @property
+    def subscription(self) -> list[str]:
+        """librdkafka treats a subscription starting with `^` as a regular expression."""
+        return [self.topic_pattern] if self.topic_pattern else [self.topic]
+
+    @property
     def group_id(self) -> str:
-        return self.group or f"kafkashake-{self.topic}"
+        return self.group or f"kafkashake-{self.topic or self.topic_pattern}"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -18,7 +19,8 @@ from oplog import position
 from runtime import kafka_config, logs, secrets
 from runtime.errors import EXIT_FATAL, FatalError
 from runtime.shutdown import ShutdownFlag
-from schemas.codec import MessageFormat
+from schemas import topics
+from schemas.codec import AVRO_CODECS, JsonMode, MessageFormat, avro_codec_available
 from schemas.partitioning import PartitionBy
 
 ENV_PREFIX = "KAFKASHAKE_"
@@ -96,6 +98,40 @@ def _start_position(value: str) -> str:
     return value
 
 
+def _topic_template(value: str) -> str:
+    try:
+        topics.validate_template(value)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    return value
+
+
+def _avro_codec(value: str) -> str:
+    if value not in AVRO_CODECS:
+        raise typer.BadParameter(f"accepted: {', '.join(AVRO_CODECS)}")
+    if not avro_codec_available(value):
+        raise typer.BadParameter(f"the {value} codec needs its library: pip install 'kafkashake[codecs]'")
+    return value
+
+
+class Compression(str, enum.Enum):
+    NONE = "none"
+    GZIP = "gzip"
+    SNAPPY = "snappy"
+    LZ4 = "lz4"
+    ZSTD = "zstd"
+
+
+def _topic_pattern(value: Optional[str]) -> Optional[str]:
+    if value is None:
+        return None
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise typer.BadParameter(f"not a regular expression: {exc}") from exc
+    return value if value.startswith("^") else "^" + value
+
+
 def _kafka_properties(values: list[str] | None) -> dict[str, str]:
     try:
         return kafka_config.parse_properties(values or [])
@@ -130,7 +166,6 @@ Brokers = Annotated[
     typer.Option("--brokers", help="Kafka bootstrap servers, HOST:PORT[,HOST:PORT...].", envvar=env("brokers"),
                  show_envvar=True, callback=_brokers),
 ]
-Topic = Annotated[str, typer.Option("--topic", help="Kafka topic.", envvar=env("topic"), show_envvar=True)]
 KafkaProperty = Annotated[
     Optional[list[str]],
     typer.Option("-X", "--kafka-property", help="librdkafka property key=value, passed through (repeatable).",
@@ -184,9 +219,28 @@ def producer_run(
     source_uri: Annotated[str, typer.Option("--source-uri", help="MongoDB connection string of the source replica set.",
                                             envvar=env("source_uri"), show_envvar=True, callback=_mongo_uri)],
     brokers: Brokers,
-    topic: Topic,
-    message_format: Annotated[str, typer.Option("--format", help="Message format. bson: one oplog entry per message, "
-                                                "its BSON exactly as read.", envvar=env("format"), show_envvar=True)] = "bson",
+    topic: Annotated[str, typer.Option("--topic", help="Kafka topic, or a template with {db} and {coll} for one topic "
+                                       "per namespace (e.g. cdc.{db}.{coll}).", envvar=env("topic"), show_envvar=True,
+                                       callback=_topic_template)],
+    message_format: Annotated[MessageFormat, typer.Option("--format", help="raw: Avro container batches of events; "
+                                                          "json: one Extended JSON event per message; bson: one BSON "
+                                                          "event per message, exactly as read. See docs/formats.md.",
+                                                          envvar=env("format"), show_envvar=True)] = MessageFormat.RAW,
+    json_mode: Annotated[JsonMode, typer.Option("--json-mode", help="Extended JSON flavour of the json format.",
+                                                envvar=env("json_mode"), show_envvar=True)] = JsonMode.CANONICAL,
+    avro_codec: Annotated[str, typer.Option("--avro-codec", help="Avro block codec of the raw format: null, deflate, "
+                                            "snappy or zstandard (the last two need the codecs extra).",
+                                            envvar=env("avro_codec"), show_envvar=True, callback=_avro_codec)] = "null",
+    batch_max_events: Annotated[int, typer.Option("--batch-max-events", min=1, help="raw: most events per message.",
+                                                  envvar=env("batch_max_events"), show_envvar=True)] = 500,
+    batch_max_bytes: Annotated[int, typer.Option("--batch-max-bytes", min=1024, help="raw: a message is sent once its "
+                                                 "events reach this many bytes.", envvar=env("batch_max_bytes"),
+                                                 show_envvar=True)] = 1024 * 1024,
+    batch_linger_ms: Annotated[int, typer.Option("--batch-linger-ms", min=0, help="raw: longest wait for a batch to "
+                                                 "fill before it is sent.", envvar=env("batch_linger_ms"),
+                                                 show_envvar=True)] = 50,
+    compression: Annotated[Compression, typer.Option("--compression", help="Kafka-level compression of messages.",
+                                                     envvar=env("compression"), show_envvar=True)] = Compression.NONE,
     fetch_method: Annotated[str, typer.Option("--fetch-method", help="How changes are read: oplog (tail local.oplog.rs).",
                                               envvar=env("fetch_method"), show_envvar=True)] = "oplog",
     start_position: Annotated[str, typer.Option("--start-position", help="Where to start when no checkpoint exists: "
@@ -201,8 +255,11 @@ def producer_run(
                                                           show_envvar=True, callback=_optional_mongo_uri)] = None,
     checkpoint_db: Annotated[str, typer.Option("--checkpoint-db", help="Database of the checkpoint collection; never "
                                                "replicated.", envvar=env("checkpoint_db"), show_envvar=True)] = "kafkashake",
-    partitions: Annotated[int, typer.Option("--partitions", min=1, help="Partitions of the topic when the producer "
-                                            "creates it.", envvar=env("partitions"), show_envvar=True)] = 8,
+    partitions: Annotated[int, typer.Option("--partitions", min=1, help="Partitions of each topic the producer "
+                                            "creates.", envvar=env("partitions"), show_envvar=True)] = 8,
+    replication_factor: Annotated[int, typer.Option("--replication-factor", min=-1, help="Replication factor of each "
+                                                    "topic the producer creates (-1: the broker's default).",
+                                                    envvar=env("replication_factor"), show_envvar=True)] = -1,
     partition_by: Annotated[PartitionBy, typer.Option("--partition-by", help="Message key: id (namespace + _id, keeps "
                                                       "per-document order), collection or database.",
                                                       envvar=env("partition_by"), show_envvar=True)] = PartitionBy.ID,
@@ -218,16 +275,16 @@ def producer_run(
 
     Exit codes: 0 stopped by SIGTERM/SIGINT after checkpointing; 1 fatal error; 2 invalid configuration;
     3 the checkpoint has fallen off the oplog."""
-    if message_format != MessageFormat.BSON.value:
-        raise typer.BadParameter("accepted: bson", param_hint="'--format'")
     if fetch_method != "oplog":
         raise typer.BadParameter("accepted: oplog", param_hint="'--fetch-method'")
+    from producer.publisher import Encoding
     from producer.run import ProducerRun
     from producer.settings import ProducerSettings
 
     settings = ProducerSettings(
-        source_uri=source_uri, brokers=brokers, topic=topic, name=name, message_format=MessageFormat(message_format),
-        fetch_method=fetch_method, start_position=start_position, checkpoint_uri=checkpoint_uri,
+        source_uri=source_uri, brokers=brokers, topic=topic, name=name,
+        encoding=Encoding(message_format, json_mode, avro_codec, batch_max_events, batch_max_bytes, batch_linger_ms / 1000),
+        compression=compression.value, replication_factor=replication_factor, fetch_method=fetch_method, start_position=start_position, checkpoint_uri=checkpoint_uri,
         checkpoint_db=checkpoint_db, partitions=partitions, partition_by=partition_by,
         kafka_properties=_kafka_properties(kafka_property), metrics_host=metrics_host, metrics_port=metrics_port,
     )
@@ -240,10 +297,15 @@ def producer_run(
 @consumer_app.command("run")
 def consumer_run(
     brokers: Brokers,
-    topic: Topic,
     dest_uri: Annotated[str, typer.Option("--dest-uri", help="MongoDB connection string of the destination.",
                                           envvar=env("dest_uri"), show_envvar=True, callback=_mongo_uri)],
-    group: Annotated[Optional[str], typer.Option("--group", help="Consumer group id (default: kafkashake-<topic>).",
+    topic: Annotated[Optional[str], typer.Option("--topic", help="Topic to replay (this or --topic-pattern).",
+                                                 envvar=env("topic"), show_envvar=True)] = None,
+    topic_pattern: Annotated[Optional[str], typer.Option("--topic-pattern", help="Regular expression of the topics to "
+                                                         "replay, e.g. '^cdc\\..*' (this or --topic).",
+                                                         envvar=env("topic_pattern"), show_envvar=True,
+                                                         callback=_topic_pattern)] = None,
+    group: Annotated[Optional[str], typer.Option("--group", help="Consumer group id (default: kafkashake-<topic or pattern>).",
                                                  envvar=env("group"), show_envvar=True)] = None,
     checkpoint_db: Annotated[str, typer.Option("--checkpoint-db", help="Destination database of the consumer "
                                                "checkpoints.", envvar=env("checkpoint_db"), show_envvar=True)] = "kafkashake",
@@ -261,11 +323,13 @@ def consumer_run(
 
     Exit codes: 0 stopped by SIGTERM/SIGINT after checkpointing and committing; 1 fatal error (for example an
     undecodable message or an event the destination rejects for good); 2 invalid configuration."""
+    if (topic is None) == (topic_pattern is None):
+        raise typer.BadParameter("give exactly one of --topic and --topic-pattern", param_hint="'--topic'")
     from consumer.run import ConsumerRun
     from consumer.settings import ConsumerSettings
 
     settings = ConsumerSettings(
-        brokers=brokers, topic=topic, dest_uri=dest_uri, group=group or "", checkpoint_db=checkpoint_db,
+        brokers=brokers, topic=topic or "", topic_pattern=topic_pattern or "", dest_uri=dest_uri, group=group or "", checkpoint_db=checkpoint_db,
         kafka_properties=_kafka_properties(kafka_property), batch_max_messages=batch_max_messages,
         metrics_host=metrics_host, metrics_port=metrics_port,
     )

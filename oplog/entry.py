@@ -5,6 +5,7 @@ Entries arrive as `RawBSONDocument`s. Top-level access decodes only the top leve
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Mapping
 
 import bson
@@ -23,6 +24,23 @@ class Operation:
     ns: str
     document_id: Any
     value: bytes
+    wall: datetime | None = None
+    txn: str | None = None
+
+
+def transaction_id(entry: Mapping[str, Any]) -> str | None:
+    """`<lsid.id hex>:<txnNumber>` for operations of a transaction or a retryable write."""
+    lsid = entry.get("lsid")
+    if lsid is None or "txnNumber" not in entry:
+        return None
+    session = lsid.get("id")
+    session_hex = bytes(session).hex() if isinstance(session, (bytes, bytearray)) else str(session)
+    return f"{session_hex}:{int(entry['txnNumber'])}"
+
+
+def operation_from(entry: Mapping[str, Any], value: bytes) -> Operation:
+    return Operation(entry["ts"], entry["op"], entry["ns"], document_id(entry), value, entry.get("wall"),
+                     transaction_id(entry))
 
 
 def document_id(entry: Mapping[str, Any]) -> Any:

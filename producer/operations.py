@@ -7,7 +7,7 @@ from typing import Any
 from bson.raw_bson import RawBSONDocument
 from bson.timestamp import Timestamp
 
-from oplog.entry import CRUD_OPS, Operation, document_id, encode_operation, is_internal_namespace, is_migration
+from oplog.entry import CRUD_OPS, Operation, encode_operation, is_internal_namespace, is_migration, operation_from
 from oplog.transactions import TransactionAssembler, is_transaction_command
 
 
@@ -43,13 +43,11 @@ class OperationExtractor:
             for inner in self._transactions.feed(entry):
                 reason = self._wanted(inner)
                 if reason is None:
-                    operations.append(
-                        Operation(inner["ts"], inner["op"], inner["ns"], document_id(inner), encode_operation(inner))
-                    )
+                    operations.append(operation_from(inner, encode_operation(inner)))
                 else:
                     self._skip(reason)
             return operations
         reason = self._wanted(entry)
         if reason is not None:
             return self._skip(reason)
-        return [Operation(entry["ts"], entry["op"], entry["ns"], document_id(entry), entry.raw)]
+        return [operation_from(entry, entry.raw)]

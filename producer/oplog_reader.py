@@ -18,7 +18,7 @@ OPLOG_QUERY_BATCH = 2000
 
 
 class OplogReader:
-    def __init__(self, client: MongoClient, await_ms: int = 500) -> None:
+    def __init__(self, client: MongoClient, await_ms: int = 200) -> None:
         raw = CodecOptions(document_class=RawBSONDocument)
         self._oplog = client.get_database("local", codec_options=raw).get_collection("oplog.rs")
         self._await_ms = await_ms

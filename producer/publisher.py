@@ -1,18 +1,26 @@
-"""Publishing operations to Kafka with an idempotent producer, and making sure the topic exists."""
+"""Encoding operations into messages and publishing them with an idempotent Kafka producer.
+
+`bson` and `json` send one message per operation. `raw` collects operations per destination partition into
+Avro container batches, bounded by events, bytes and a linger time. Every message is sent to an explicit
+partition, `murmur2(key) % partitions`, so third parties can recompute it (see schemas/partitioning.py)."""
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from oplog import position
 from oplog.entry import Operation
 from runtime.errors import FatalError
-from schemas import WIRE_VERSION, headers
-from schemas.codec import MessageFormat
-from schemas.partitioning import PartitionBy, message_key
+from schemas import WIRE_VERSION, headers, topics
+from schemas.codec import JsonMode, MessageFormat, encode_json, encode_raw_batch, raw_record
+from schemas.partitioning import PartitionBy, canonical_json, message_key, partition_for
 
 log = logging.getLogger(__name__)
 
@@ -25,69 +33,165 @@ PRODUCER_DEFAULTS: dict[str, Any] = {
     "message.max.bytes": 16 * 1024 * 1024 + 64 * 1024,
 }
 ADMIN_TIMEOUT_S = 30.0
+RAW_RECORD_OVERHEAD_BYTES = 64
+
+Acknowledge = Callable[[], None]
 
 
-def ensure_topic(config: dict[str, Any], topic: str, partitions: int, replication_factor: int) -> int:
-    """Create `topic` if missing; return its partition count."""
-    admin = AdminClient({key: value for key, value in config.items() if key not in PRODUCER_DEFAULTS})
-    try:
-        metadata = admin.list_topics(timeout=ADMIN_TIMEOUT_S)
-    except KafkaException as exc:
-        raise FatalError(
-            f"cannot reach Kafka at {config['bootstrap.servers']}: {exc}. Check --brokers and that the brokers are up"
-        ) from exc
-    existing = metadata.topics.get(topic)
-    if existing is not None and existing.error is None:
-        return len(existing.partitions)
-    futures = admin.create_topics([NewTopic(topic, partitions, replication_factor)], operation_timeout=ADMIN_TIMEOUT_S)
-    try:
-        futures[topic].result(timeout=ADMIN_TIMEOUT_S)
-        log.info("created topic", extra={"topic": topic, "partitions": partitions})
-    except KafkaException as exc:
-        if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-            raise FatalError(f"cannot create topic {topic!r}: {exc}") from exc
-    return partitions
+@dataclass(frozen=True)
+class Encoding:
+    message_format: MessageFormat = MessageFormat.RAW
+    json_mode: JsonMode = JsonMode.CANONICAL
+    avro_codec: str = "null"
+    batch_max_events: int = 500
+    batch_max_bytes: int = 1024 * 1024
+    batch_linger_s: float = 0.05
+
+
+class TopicDirectory:
+    """Creates topics on first use and remembers each one's partition count."""
+
+    def __init__(self, config: dict[str, Any], partitions: int, replication_factor: int) -> None:
+        self._admin = AdminClient({k: v for k, v in config.items() if k not in PRODUCER_DEFAULTS})
+        self._brokers = config["bootstrap.servers"]
+        self._partitions = partitions
+        self._replication_factor = replication_factor
+        self._known: dict[str, int] = {}
+
+    def partitions(self, topic: str) -> int:
+        known = self._known.get(topic)
+        if known is None:
+            known = self._known[topic] = self._ensure(topic)
+        return known
+
+    def _ensure(self, topic: str) -> int:
+        try:
+            metadata = self._admin.list_topics(timeout=ADMIN_TIMEOUT_S)
+        except KafkaException as exc:
+            raise FatalError(
+                f"cannot reach Kafka at {self._brokers}: {exc}. Check --brokers and that the brokers are up"
+            ) from exc
+        existing = metadata.topics.get(topic)
+        if existing is not None and existing.error is None:
+            return len(existing.partitions)
+        new_topic = NewTopic(topic, self._partitions, self._replication_factor)
+        futures = self._admin.create_topics([new_topic], operation_timeout=ADMIN_TIMEOUT_S)
+        try:
+            futures[topic].result(timeout=ADMIN_TIMEOUT_S)
+            log.info("created topic", extra={"topic": topic, "partitions": self._partitions})
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise FatalError(f"cannot create topic {topic!r}: {exc}. Create it yourself or grant CREATE") from exc
+            return self._ensure(topic)
+        return self._partitions
+
+
+class _Batch:
+    __slots__ = ("records", "acknowledgements", "size", "started", "namespaces", "ops", "newest")
+
+    def __init__(self) -> None:
+        self.records: list[dict[str, Any]] = []
+        self.acknowledgements: list[Acknowledge] = []
+        self.size = 0
+        self.started = time.monotonic()
+        self.namespaces: set[str] = set()
+        self.ops: set[str] = set()
+        self.newest: Any = None
+
+
+def _single(values: set[str]) -> str:
+    return next(iter(values)) if len(values) == 1 else headers.MIXED
 
 
 class Publisher:
-    """Encodes operations as messages and hands them to librdkafka; acknowledgements come back through `poll`."""
-
-    def __init__(
-        self,
-        config: dict[str, Any],
-        topic: str,
-        task: str,
-        message_format: MessageFormat,
-        partition_by: PartitionBy,
-    ) -> None:
+    def __init__(self, config: dict[str, Any], topic_template: str, task: str, encoding: Encoding,
+                 partition_by: PartitionBy, topic_directory: TopicDirectory) -> None:
         self._producer = Producer(config)
-        self._topic = topic
+        self._template = topic_template
+        self._encoding = encoding
         self._partition_by = partition_by
+        self._topics = topic_directory
         self._static_headers = [
-            (headers.FORMAT, message_format.value.encode()),
+            (headers.FORMAT, encoding.message_format.value.encode()),
             (headers.WIRE_VERSION, str(WIRE_VERSION).encode()),
             (headers.TASK, task.encode()),
         ]
+        self._batches: dict[tuple[str, int], _Batch] = {}
         self.delivery_error: str | None = None
+        self._topic_for = lru_cache(maxsize=4096)(self._resolve_topic)
 
-    def publish(self, operation: Operation, on_acknowledged: Callable[[], None]) -> None:
-        def delivered(error: KafkaError | None, _message: Message) -> None:
-            if error is None:
-                on_acknowledged()
-            elif self.delivery_error is None:
-                self.delivery_error = str(error)
+    def _resolve_topic(self, ns: str) -> str:
+        try:
+            return topics.topic_for(self._template, ns)
+        except ValueError as exc:
+            raise FatalError(str(exc)) from exc
 
+    def publish(self, operation: Operation, on_acknowledged: Acknowledge) -> None:
+        topic = self._topic_for(operation.ns)
+        key = message_key(self._partition_by, operation.ns, operation.document_id)
+        partition = partition_for(key, self._topics.partitions(topic))
+        message_format = self._encoding.message_format
+        if message_format is MessageFormat.RAW:
+            self._add_to_batch(topic, partition, operation, on_acknowledged)
+            return
+        value = operation.value if message_format is MessageFormat.BSON else encode_json(operation.value, self._encoding.json_mode)
         message_headers = self._static_headers + [
             (headers.NAMESPACE, operation.ns.encode()),
             (headers.OPERATION, operation.op.encode()),
             (headers.SOURCE_TS, headers.position_text(operation.ts).encode()),
         ]
-        key = message_key(self._partition_by, operation.ns, operation.document_id)
+        self._produce(topic, partition, key, value, message_headers, [on_acknowledged])
+
+    def _add_to_batch(self, topic: str, partition: int, operation: Operation, on_acknowledged: Acknowledge) -> None:
+        batch = self._batches.get((topic, partition))
+        if batch is None:
+            batch = self._batches[(topic, partition)] = _Batch()
+        batch.records.append(raw_record(
+            position.to_int64(operation.ts), operation.op, operation.ns, canonical_json(operation.document_id),
+            operation.wall, operation.txn, operation.value,
+        ))
+        batch.acknowledgements.append(on_acknowledged)
+        batch.size += len(operation.value) + RAW_RECORD_OVERHEAD_BYTES
+        batch.namespaces.add(operation.ns)
+        batch.ops.add(operation.op)
+        batch.newest = operation.ts
+        encoding = self._encoding
+        if len(batch.records) >= encoding.batch_max_events or batch.size >= encoding.batch_max_bytes:
+            self._send_batch(topic, partition)
+
+    def _send_batch(self, topic: str, partition: int) -> None:
+        batch = self._batches.pop((topic, partition))
+        message_headers = self._static_headers + [
+            (headers.NAMESPACE, _single(batch.namespaces).encode()),
+            (headers.OPERATION, _single(batch.ops).encode()),
+            (headers.SOURCE_TS, headers.position_text(batch.newest).encode()),
+            (headers.COUNT, str(len(batch.records)).encode()),
+        ]
+        value = encode_raw_batch(batch.records, self._encoding.avro_codec)
+        self._produce(topic, partition, None, value, message_headers, batch.acknowledgements)
+
+    def send_due_batches(self) -> None:
+        """Send raw batches that have waited their linger time."""
+        if not self._batches:
+            return
+        deadline = time.monotonic() - self._encoding.batch_linger_s
+        for (topic, partition), batch in list(self._batches.items()):
+            if batch.started <= deadline:
+                self._send_batch(topic, partition)
+
+    def _produce(self, topic: str, partition: int, key: bytes | None, value: bytes,
+                 message_headers: list[tuple[str, bytes]], acknowledgements: list[Acknowledge]) -> None:
+        def delivered(error: KafkaError | None, _message: Message) -> None:
+            if error is None:
+                for acknowledge in acknowledgements:
+                    acknowledge()
+            elif self.delivery_error is None:
+                self.delivery_error = str(error)
+
         while True:
             try:
-                self._producer.produce(
-                    self._topic, value=operation.value, key=key, headers=message_headers, on_delivery=delivered
-                )
+                self._producer.produce(topic, value=value, key=key, partition=partition, headers=message_headers,
+                                       on_delivery=delivered)
                 return
             except BufferError:
                 self._producer.poll(0.05)
@@ -96,5 +200,7 @@ class Publisher:
         self._producer.poll(timeout)
 
     def flush(self, timeout: float) -> int:
-        """Wait for outstanding acknowledgements; returns how many are still outstanding."""
+        """Send open batches and wait for outstanding acknowledgements; returns how many are still outstanding."""
+        for topic, partition in list(self._batches):
+            self._send_batch(topic, partition)
         return self._producer.flush(timeout)

@@ -13,12 +13,13 @@ from producer.delivery import DeliveryTracker
 from producer.metrics import ProducerMetrics
 from producer.operations import OperationExtractor
 from producer.oplog_reader import IDLE, OplogReader
-from producer.publisher import PRODUCER_DEFAULTS, Publisher, ensure_topic
+from producer.publisher import PRODUCER_DEFAULTS, Publisher, TopicDirectory
 from producer.settings import ProducerSettings
 from runtime import kafka_config, metrics_server, mongo
 from runtime.errors import FatalError
 from runtime.retry import Backoff, is_transient, retry_transient
 from runtime.shutdown import ShutdownFlag
+from schemas import topics
 
 log = logging.getLogger("kafkashake.producer")
 FLUSH_TIMEOUT_S = 60.0
@@ -41,7 +42,7 @@ class ProducerRun:
     def __init__(self, settings: ProducerSettings, shutdown: ShutdownFlag) -> None:
         self.settings = settings
         self.shutdown = shutdown
-        self.metrics = ProducerMetrics(settings.fetch_method, settings.message_format.value)
+        self.metrics = ProducerMetrics(settings.fetch_method, settings.encoding.message_format.value)
         self.source = mongo.connect(settings.source_uri, "kafkashake-producer")
         self.store_client = (
             mongo.connect(settings.checkpoint_uri, "kafkashake-producer") if settings.checkpoint_uri else self.source
@@ -93,14 +94,18 @@ class ProducerRun:
         start = self._starting_position()
         self._call(lambda: self.reader.check_within_window(start), "checking the oplog window")
 
-        config = kafka_config.client_config(settings.brokers, PRODUCER_DEFAULTS, settings.kafka_properties)
-        ensure_topic(config, settings.topic, settings.partitions, settings.replication_factor)
-        publisher = Publisher(config, settings.topic, settings.name, settings.message_format, settings.partition_by)
+        config = kafka_config.client_config(
+            settings.brokers, {**PRODUCER_DEFAULTS, "compression.type": settings.compression}, settings.kafka_properties
+        )
+        directory = TopicDirectory(config, settings.partitions, settings.replication_factor)
+        if not topics.is_template(settings.topic):
+            directory.partitions(settings.topic)
+        publisher = Publisher(config, settings.topic, settings.name, settings.encoding, settings.partition_by, directory)
         tracker = DeliveryTracker(start)
         self._refresh_window(start)
         log.info(
             "producer started",
-            extra={"topic": settings.topic, "brokers": settings.brokers, "format": settings.message_format.value},
+            extra={"topic": settings.topic, "brokers": settings.brokers, "format": settings.encoding.message_format.value},
         )
         try:
             self._stream(publisher, tracker)
@@ -134,6 +139,7 @@ class ProducerRun:
                             metrics.events_filtered.inc()
                         for operation in operations:
                             self._publish(publisher, tracker, operation)
+                    publisher.send_due_batches()
                     publisher.poll(0)
                     backoff.reset()
                     if publisher.delivery_error is not None:

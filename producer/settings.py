@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from schemas.codec import MessageFormat
+from producer.publisher import Encoding
 from schemas.partitioning import PartitionBy
 
 
@@ -13,7 +13,8 @@ class ProducerSettings:
     brokers: str
     topic: str
     name: str = "kafkashake"
-    message_format: MessageFormat = MessageFormat.BSON
+    encoding: Encoding = field(default_factory=Encoding)
+    compression: str = "none"
     fetch_method: str = "oplog"
     start_position: str = "latest"
     checkpoint_uri: str | None = None

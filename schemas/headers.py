@@ -1,4 +1,7 @@
-"""Kafka headers carried by every message. Values are UTF-8 strings so any client can read them."""
+"""Kafka headers carried by every message. Values are UTF-8 strings so any client can read them.
+
+For a raw batch, `ns` and `op` hold the single value shared by every event in it, or `*` when they differ;
+`ts` is the newest event's position and `count` the number of events."""
 from __future__ import annotations
 
 from bson.timestamp import Timestamp
@@ -9,6 +12,8 @@ NAMESPACE = "kafkashake.ns"
 OPERATION = "kafkashake.op"
 SOURCE_TS = "kafkashake.ts"
 TASK = "kafkashake.task"
+COUNT = "kafkashake.count"
+MIXED = "*"
 
 
 def position_text(ts: Timestamp) -> str:

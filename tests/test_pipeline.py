@@ -12,7 +12,8 @@ from confluent_kafka import Consumer, TopicPartition
 from conftest import FAST_GROUP, client, unique, wait_until
 from kafkashake import embedded, workload
 from schemas import headers
-from schemas.partitioning import partition_for
+from schemas.codec import decode_events, sniff
+from schemas.partitioning import PartitionBy, message_key, partition_for
 
 pytestmark = pytest.mark.e2e
 
@@ -54,9 +55,11 @@ def read_topic(brokers: str, topic: str, partitions: int = 8) -> list:
     return messages
 
 
-def test_varied_workload_replicates_and_partitions_by_document(source, destination, brokers, cli) -> None:
-    topic = unique("e2e")
-    producer = cli(*producer_args(source, brokers, topic), name="producer").start()
+@pytest.mark.parametrize("message_format", ["raw", "json", "bson"])
+def test_varied_workload_replicates_and_partitions_by_document(source, destination, brokers, cli,
+                                                               message_format: str) -> None:
+    topic = unique(f"e2e-{message_format}")
+    producer = cli(*producer_args(source, brokers, topic, "--format", message_format), name="producer").start()
     consumer = cli(*consumer_args(destination, brokers, topic), name="consumer").start()
     issued = workload.run_workload(client(source)["shop"], 600)
     assert issued == 600
@@ -67,13 +70,19 @@ def test_varied_workload_replicates_and_partitions_by_document(source, destinati
     partitions_of: dict[tuple[str, bytes], set[int]] = defaultdict(set)
     for message in read_topic(brokers, topic):
         header = headers.as_dict(message.headers())
-        event = bson.decode(message.value())
-        assert header[headers.FORMAT] == "bson" and header[headers.NAMESPACE] == event["ns"]
-        assert header[headers.OPERATION] == event["op"]
-        assert header[headers.SOURCE_TS] == f"{event['ts'].time},{event['ts'].inc}"
-        assert message.partition() == partition_for(message.key(), 8), "third parties can recompute the partition"
-        document_id = event["o2"]["_id"] if event["op"] == "u" else event["o"]["_id"]
-        partitions_of[(event["ns"], bson.encode({"": document_id}))].add(message.partition())
+        events = decode_events(message.value())
+        assert header[headers.FORMAT] == message_format and sniff(message.value()).value == message_format
+        newest = events[-1]["ts"]
+        assert header[headers.SOURCE_TS] == f"{newest.time},{newest.inc}"
+        if message_format != "raw":
+            assert header[headers.NAMESPACE] == events[0]["ns"] and header[headers.OPERATION] == events[0]["op"]
+        for event in events:
+            document_id = event["o2"]["_id"] if event["op"] == "u" else event["o"]["_id"]
+            key = message_key(PartitionBy.ID, event["ns"], document_id)
+            if message_format != "raw":
+                assert message.key() == key
+            assert message.partition() == partition_for(key, 8), "third parties can recompute the partition"
+            partitions_of[(event["ns"], bson.encode({"": document_id}))].add(message.partition())
     assert len(partitions_of) > 100
     assert all(len(found) == 1 for found in partitions_of.values()), "every event of a document shares a partition"
 
