@@ -336,6 +336,53 @@ def consumer_run(
     _run_process("consumer", log_format, log_level, lambda shutdown: ConsumerRun(settings, shutdown).run())
 
 
+# ------------------------------------------------------------------------------------------------- inspect
+
+
+class InspectOutput(str, enum.Enum):
+    PRETTY = "pretty"
+    JSON = "json"
+
+
+def _inspect_offset(value: str) -> str:
+    from kafkashake.inspection import parse_offset
+
+    try:
+        parse_offset(value)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    return value
+
+
+@app.command("inspect")
+def inspect(
+    brokers: Brokers,
+    topic: Annotated[str, typer.Option("--topic", help="Topic to read (also dead-letter topics).")],
+    partition: Annotated[Optional[int], typer.Option("--partition", min=0, help="Only this partition (default: all).")] = None,
+    offset: Annotated[str, typer.Option("--offset", help="Where to start: beginning, end, or an offset.",
+                                        callback=_inspect_offset)] = "beginning",
+    limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="Stop after this many messages.")] = None,
+    follow: Annotated[bool, typer.Option("--follow", help="Keep waiting for new messages at the end.")] = False,
+    output: Annotated[InspectOutput, typer.Option("--output", help="pretty: relaxed Extended JSON, indented; json: one "
+                                                  "canonical Extended JSON line per event with its Kafka position "
+                                                  "and headers.")] = InspectOutput.PRETTY,
+    kafka_property: KafkaProperty = None,
+) -> None:
+    """Decode messages of any kafkashake format (raw, json, bson), with or without headers, and print their
+    events, like kcat for our formats. Undecodable messages are shown with their headers and a preview."""
+    from kafkashake.inspection import parse_offset, run_inspect
+
+    logs.configure("text", "warning")
+    try:
+        run_inspect(brokers, topic, partition, parse_offset(offset), limit, follow, output.value,
+                    _kafka_properties(kafka_property))
+    except FatalError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+
+
 # ---------------------------------------------------------------------------------------------------- demo
 
 

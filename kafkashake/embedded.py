@@ -97,7 +97,8 @@ class EmbeddedStack:
             raise EmbeddedUnavailable("the embedded MongoDB needs: pip install 'kafkashake[embedded]'")
         port = port or free_port()
         data_dir = data_dir or self.workdir / f"{name}-data"
-        argv = [sys.executable, str(SECANTUS_LAUNCHER), "--host", "127.0.0.1", "--port", str(port),
+        # -P: the launcher's own folder (this package) must not shadow standard-library modules.
+        argv = [sys.executable, "-P", str(SECANTUS_LAUNCHER), "--host", "127.0.0.1", "--port", str(port),
                 "--storage-path", str(data_dir), "--log-level", "WARNING", *extra]
         return self._spawn(name, argv, port)
 

@@ -1,0 +1,69 @@
+"""A third-party consumer of kafkashake topics, using only confluent-kafka, fastavro and pymongo's bson.
+
+It decodes all three formats without looking at headers and prints one JSON line per event:
+    {"partition": 3, "offset": 41, "format": "raw", "ns": "shop.orders", "op": "u",
+     "ts": [1700000000, 7], "id": {"$oid": "65a1..."}}
+
+Usage: python consume.py --brokers 127.0.0.1:9092 --topic cdc [--idle-seconds 5]
+It reads every partition from the beginning and stops once nothing arrives for --idle-seconds."""
+import argparse
+import io
+import json
+import struct
+import sys
+import time
+import uuid
+
+import bson
+import fastavro
+from bson import json_util
+from confluent_kafka import Consumer, TopicPartition
+
+CANONICAL = json_util.JSONOptions(json_mode=json_util.JSONMode.CANONICAL)
+DECODE = bson.CodecOptions(uuid_representation=bson.binary.UuidRepresentation.UNSPECIFIED)
+
+
+def events_of(value):
+    """(format, [event, ...]) for one message value, recognised by its bytes."""
+    if value.startswith(b"Obj\x01"):  # Avro Object Container File: a batch
+        return "raw", [bson.decode(record["event"], DECODE) for record in fastavro.reader(io.BytesIO(value))]
+    if len(value) >= 5 and struct.unpack_from("<i", value)[0] == len(value) and value[-1] == 0:
+        return "bson", [bson.decode(value, DECODE)]  # checked before JSON: a BSON length byte can be '{'
+    if value.lstrip()[:1] == b"{":
+        return "json", [json_util.loads(value, json_options=json_util.JSONOptions(
+            uuid_representation=bson.binary.UuidRepresentation.UNSPECIFIED))]
+    raise ValueError(f"not a kafkashake message: {value[:16]!r}")
+
+
+def document_id(event):
+    return event["o2"]["_id"] if event["op"] == "u" else event["o"]["_id"]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--brokers", required=True)
+    parser.add_argument("--topic", required=True)
+    parser.add_argument("--idle-seconds", type=float, default=5.0)
+    args = parser.parse_args()
+
+    consumer = Consumer({"bootstrap.servers": args.brokers, "group.id": f"example-{uuid.uuid4().hex}",
+                         "enable.auto.commit": False})
+    partitions = consumer.list_topics(args.topic, timeout=15).topics[args.topic].partitions
+    consumer.assign([TopicPartition(args.topic, p, 0) for p in partitions])
+    idle_since = time.monotonic()
+    while time.monotonic() - idle_since < args.idle_seconds:
+        message = consumer.poll(0.5)
+        if message is None or message.error() is not None:
+            continue
+        idle_since = time.monotonic()
+        message_format, events = events_of(message.value())
+        for event in events:
+            line = {"partition": message.partition(), "offset": message.offset(), "format": message_format,
+                    "ns": event["ns"], "op": event["op"], "ts": [event["ts"].time, event["ts"].inc],
+                    "id": json.loads(json_util.dumps(document_id(event), json_options=CANONICAL))}
+            sys.stdout.write(json.dumps(line) + "\n")
+    consumer.close()
+
+
+if __name__ == "__main__":
+    main()
