@@ -1,13 +1,16 @@
 """End to end on real processes: SecantusDB → producer → Tansu → consumer → SecantusDB."""
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 from collections import defaultdict
 
 import bson
 import pytest
-from confluent_kafka import Consumer, TopicPartition
+from bson import json_util
+from confluent_kafka import Consumer, Producer, TopicPartition
 
 from conftest import FAST_GROUP, client, unique, wait_until
 from kafkashake import embedded, workload
@@ -164,3 +167,34 @@ def test_unreachable_source_stops_with_a_clear_message(brokers, cli) -> None:
     log = producer.log()
     assert "cannot reach the source" in log and "Check the host, port" in log
     assert "pw-not-shown" not in log
+
+
+def test_topic_per_namespace_with_pattern_subscription_and_inspect(source, destination, brokers, cli) -> None:
+    prefix = unique("cdc")
+    producer = cli(*producer_args(source, brokers, prefix + ".{db}.{coll}", "--format", "json",
+                                  "--compression", "zstd"), name="producer").start()
+    consumer = cli("consumer", "run", "--dest-uri", embedded.mongo_uri(destination), "--brokers", brokers,
+                   "--topic-pattern", f"^{prefix}\\..*", "--metrics-port", "0", *FAST_GROUP, name="consumer").start()
+    workload.run_workload(client(source)["shop"], 300, seed=3)
+    wait_equal(source, destination, "shop")
+    assert producer.terminate() == 0 and consumer.terminate() == 0
+
+    result = subprocess.run([sys.executable, "-m", "kafkashake", "inspect", "--brokers", brokers, "--topic",
+                             f"{prefix}.shop.users", "--output", "json"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    records = [json_util.loads(line) for line in result.stdout.splitlines()]
+    assert records and all(r["event"]["ns"] == "shop.users" and r["format"] == "json" for r in records)
+    assert all(r["headers"][headers.NAMESPACE] == "shop.users" for r in records)
+
+
+def test_inspect_shows_undecodable_messages_with_their_headers(brokers) -> None:
+    topic = unique("garbage")
+    producer = Producer({"bootstrap.servers": brokers})
+    producer.produce(topic, value=b"\x00garbage", headers=[("why", b"test")])
+    producer.produce(topic, value=bson.encode({"op": "i", "ns": "a.b", "ts": bson.Timestamp(1, 1), "o": {"_id": 1}}))
+    producer.flush(30)
+    result = subprocess.run([sys.executable, "-m", "kafkashake", "inspect", "--brokers", brokers, "--topic", topic],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "UNDECODABLE" in result.stdout and '"why": "test"' in result.stdout
+    assert '"ns": "a.b"' in result.stdout
