@@ -59,7 +59,10 @@ def describe_message(message: Message) -> Iterator[dict[str, Any]]:
 
 def render(record: dict[str, Any], output: str) -> str:
     if output == "json":
-        return json_util.dumps(record, json_options=CANONICAL, separators=(",", ":"))
+        envelope = {name: value for name, value in record.items() if name != "event"}
+        if "event" in record:
+            envelope["event"] = json.loads(json_util.dumps(record["event"], json_options=CANONICAL))
+        return json.dumps(envelope, separators=(",", ":"))
     where = f"{record['topic']}/{record['partition']}@{record['offset']}"
     if "undecodable" in record:
         return (f"--- {where} UNDECODABLE: {record['undecodable']} ({record['value_length']} bytes)\n"
