@@ -1,8 +1,9 @@
 """Encoding operations into messages and publishing them with an idempotent Kafka producer.
 
 `bson` and `json` send one message per operation. `raw` collects operations per destination partition into
-Avro container batches, bounded by events, bytes and a linger time. Every message is sent to an explicit
-partition, `murmur2(key) % partitions`, so third parties can recompute it (see schemas/partitioning.py)."""
+Avro container batches, bounded by events, bytes and a linger time. Every message lands in partition
+`murmur2(key) % partitions`, so third parties can recompute it (see schemas/partitioning.py): librdkafka's
+`murmur2_random` partitioner places keyed messages, raw batches name the partition their events hash to."""
 from __future__ import annotations
 
 import logging
@@ -129,10 +130,10 @@ class Publisher:
     def publish(self, operation: Operation, on_acknowledged: Acknowledge) -> None:
         topic = self._topic_for(operation.ns)
         key = message_key(self._partition_by, operation.ns, operation.document_id)
-        partition = partition_for(key, self._topics.partitions(topic))
+        partitions = self._topics.partitions(topic)
         message_format = self._encoding.message_format
         if message_format is MessageFormat.RAW:
-            self._add_to_batch(topic, partition, operation, on_acknowledged)
+            self._add_to_batch(topic, partition_for(key, partitions), operation, on_acknowledged)
             return
         value = operation.value if message_format is MessageFormat.BSON else encode_json(operation.value, self._encoding.json_mode)
         message_headers = self._static_headers + [
@@ -140,7 +141,8 @@ class Publisher:
             (headers.OPERATION, operation.op.encode()),
             (headers.SOURCE_TS, headers.position_text(operation.ts).encode()),
         ]
-        self._produce(topic, partition, key, value, message_headers, [on_acknowledged])
+        # librdkafka's murmur2_random partitioner computes the same partition as partition_for, in C.
+        self._produce(topic, None, key, value, message_headers, [on_acknowledged])
 
     def _add_to_batch(self, topic: str, partition: int, operation: Operation, on_acknowledged: Acknowledge) -> None:
         batch = self._batches.get((topic, partition))
@@ -171,15 +173,16 @@ class Publisher:
         self._produce(topic, partition, None, value, message_headers, batch.acknowledgements)
 
     def send_due_batches(self) -> None:
-        """Send raw batches that have waited their linger time."""
-        if not self._batches:
-            return
+        """Send raw batches that have waited their linger time. Batches sit in the dict in the order they were
+        opened, so the first one is the oldest and most calls return after looking at it alone."""
         deadline = time.monotonic() - self._encoding.batch_linger_s
-        for (topic, partition), batch in list(self._batches.items()):
-            if batch.started <= deadline:
-                self._send_batch(topic, partition)
+        while self._batches:
+            (topic, partition), oldest = next(iter(self._batches.items()))
+            if oldest.started > deadline:
+                return
+            self._send_batch(topic, partition)
 
-    def _produce(self, topic: str, partition: int, key: bytes | None, value: bytes,
+    def _produce(self, topic: str, partition: int | None, key: bytes | None, value: bytes,
                  message_headers: list[tuple[str, bytes]], acknowledgements: list[Acknowledge]) -> None:
         def delivered(error: KafkaError | None, _message: Message) -> None:
             if error is None:
@@ -188,10 +191,11 @@ class Publisher:
             elif self.delivery_error is None:
                 self.delivery_error = str(error)
 
+        explicit = {} if partition is None else {"partition": partition}
         while True:
             try:
-                self._producer.produce(topic, value=value, key=key, partition=partition, headers=message_headers,
-                                       on_delivery=delivered)
+                self._producer.produce(topic, value=value, key=key, headers=message_headers, on_delivery=delivered,
+                                       **explicit)
                 return
             except BufferError:
                 self._producer.poll(0.05)

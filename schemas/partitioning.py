@@ -10,11 +10,15 @@ as the Java client and librdkafka's `murmur2_random` compute it."""
 from __future__ import annotations
 
 import enum
+import json
+import struct
 from typing import Any
 
-from bson import json_util
+from bson import Int64, ObjectId, json_util
 
 _CANONICAL = json_util.JSONOptions(json_mode=json_util.JSONMode.CANONICAL)
+_INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
+_WORDS = struct.Struct("<I")
 
 
 class PartitionBy(str, enum.Enum):
@@ -24,7 +28,17 @@ class PartitionBy(str, enum.Enum):
 
 
 def canonical_json(value: Any) -> str:
-    """Compact canonical Extended JSON v2 of one BSON value."""
+    """Compact canonical Extended JSON v2 of one BSON value. The common `_id` types take a fast path that
+    yields exactly what `bson.json_util` would."""
+    kind = type(value)
+    if kind is ObjectId:
+        return f'{{"$oid":"{value}"}}'
+    if kind is int:
+        return f'{{"$numberInt":"{value}"}}' if _INT32_MIN <= value <= _INT32_MAX else f'{{"$numberLong":"{value}"}}'
+    if kind is Int64:
+        return f'{{"$numberLong":"{int(value)}"}}'
+    if kind is str:
+        return json.dumps(value)
     return json_util.dumps(value, json_options=_CANONICAL, separators=(",", ":"))
 
 
@@ -42,8 +56,7 @@ def murmur2(data: bytes) -> int:
     length = len(data)
     h = (0x9747B28C ^ length) & 0xFFFFFFFF
     end = length - (length % 4)
-    for offset in range(0, end, 4):
-        k = int.from_bytes(data[offset : offset + 4], "little")
+    for (k,) in _WORDS.iter_unpack(data[:end]):
         k = (k * m) & 0xFFFFFFFF
         k ^= k >> 24
         k = (k * m) & 0xFFFFFFFF

@@ -137,7 +137,9 @@ def test_sigterm_checkpoints_and_restart_resumes_exclusively(source, destination
     consumer = cli(*consumer_args(destination, brokers, topic), name="consumer").start()
     wait_equal(source, destination, "shop")
     assert producer.terminate() == 0 and consumer.terminate() == 0
-    assert len(read_topic(brokers, topic)) == 80, "restarting from the checkpoint neither skips nor repeats"
+    events = [event for message in read_topic(brokers, topic) for event in decode_events(message.value())]
+    assert len(events) == 80, "restarting from the checkpoint neither skips nor repeats"
+    assert sorted(event["o"]["_id"] for event in events) == list(range(80))
 
 
 def test_checkpoint_fallen_off_the_oplog_exits_3(stack, brokers, cli) -> None:

@@ -175,3 +175,14 @@ def test_json_log_lines_are_structured_and_redacted() -> None:
     assert "topsecret" not in line["msg"] and "sasl-secret-value" not in line["msg"]
     text = TextFormatter().format(record)
     assert "partition=3" in text and "topsecret" not in text
+
+
+def test_canonical_json_fast_path_matches_json_util() -> None:
+    from bson import Int64, ObjectId, json_util
+
+    from schemas.partitioning import canonical_json
+
+    canonical = json_util.JSONOptions(json_mode=json_util.JSONMode.CANONICAL)
+    for value in (ObjectId(), 0, -1, 2**31 - 1, 2**31, -(2**31), -(2**31) - 1, Int64(5), "plain", "quo\"te ä € \n",
+                  True, 1.5, {"a": 1, "b": [ObjectId()]}, None):
+        assert canonical_json(value) == json_util.dumps(value, json_options=canonical, separators=(",", ":"))
