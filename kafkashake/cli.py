@@ -283,10 +283,12 @@ def producer_run(
 
     settings = ProducerSettings(
         source_uri=source_uri, brokers=brokers, topic=topic, name=name,
-        encoding=Encoding(message_format, json_mode, avro_codec, batch_max_events, batch_max_bytes, batch_linger_ms / 1000),
-        compression=compression.value, replication_factor=replication_factor, fetch_method=fetch_method, start_position=start_position, checkpoint_uri=checkpoint_uri,
-        checkpoint_db=checkpoint_db, partitions=partitions, partition_by=partition_by,
-        kafka_properties=_kafka_properties(kafka_property), metrics_host=metrics_host, metrics_port=metrics_port,
+        encoding=Encoding(message_format, json_mode, avro_codec, batch_max_events, batch_max_bytes,
+                          batch_linger_ms / 1000),
+        compression=compression.value, replication_factor=replication_factor, fetch_method=fetch_method,
+        start_position=start_position, checkpoint_uri=checkpoint_uri, checkpoint_db=checkpoint_db,
+        partitions=partitions, partition_by=partition_by, kafka_properties=_kafka_properties(kafka_property),
+        metrics_host=metrics_host, metrics_port=metrics_port,
     )
     _run_process("producer", log_format, log_level, lambda shutdown: ProducerRun(settings, shutdown).run())
 
@@ -329,9 +331,9 @@ def consumer_run(
     from consumer.settings import ConsumerSettings
 
     settings = ConsumerSettings(
-        brokers=brokers, topic=topic or "", topic_pattern=topic_pattern or "", dest_uri=dest_uri, group=group or "", checkpoint_db=checkpoint_db,
-        kafka_properties=_kafka_properties(kafka_property), batch_max_messages=batch_max_messages,
-        metrics_host=metrics_host, metrics_port=metrics_port,
+        brokers=brokers, topic=topic or "", topic_pattern=topic_pattern or "", dest_uri=dest_uri, group=group or "",
+        checkpoint_db=checkpoint_db, kafka_properties=_kafka_properties(kafka_property),
+        batch_max_messages=batch_max_messages, metrics_host=metrics_host, metrics_port=metrics_port,
     )
     _run_process("consumer", log_format, log_level, lambda shutdown: ConsumerRun(settings, shutdown).run())
 

@@ -67,6 +67,10 @@ def test_every_option_reads_its_environment_variable(captured: list) -> None:
         (["--partitions", "0"], "--partitions"),
         (["-X", "linger.ms"], "-X"),
         (["--format", "xml"], "--format"),
+        (["--json-mode", "loose"], "--json-mode"),
+        (["--avro-codec", "lzma"], "--avro-codec"),
+        (["--compression", "brotli"], "--compression"),
+        (["--topic", "cdc.{database}"], "--topic"),
     ],
 )
 def test_invalid_values_exit_2_naming_the_option(extra: list[str], named: str) -> None:
@@ -99,3 +103,11 @@ def test_help_lists_every_command() -> None:
     producer_help = run_cli(["producer", "run", "--help"], env={"COLUMNS": "250"}).output
     for variable in ("KAFKASHAKE_SOURCE_URI", "KAFKASHAKE_BROKERS", "KAFKASHAKE_START_POSITION", "KAFKASHAKE_CONFIG"):
         assert variable in producer_help
+
+
+@pytest.mark.parametrize("args", [[], ["--topic", "t", "--topic-pattern", "^t"], ["--topic-pattern", "(unclosed"]])
+def test_consumer_needs_exactly_one_valid_subscription(args: list[str]) -> None:
+    result = subprocess.run([sys.executable, "-m", "kafkashake", "consumer", "run", "--brokers", "k:1",
+                             "--dest-uri", "mongodb://h:1", *args], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "--topic" in result.stderr
