@@ -15,18 +15,21 @@ from typing import Any
 
 import bson
 from pymongo import DeleteOne, InsertOne, MongoClient, ReplaceOne
-from pymongo.errors import BulkWriteError
+from pymongo.errors import BulkWriteError, OperationFailure
 
 from consumer.conflicts import DUPLICATE_KEY, UPDATE_MISSING, Conflict
 from consumer.decoder import Event
+from consumer.ddl import apply_command, command_name
 from consumer.document_update import UpdateFormatError, apply_update
 from oplog.entry import is_internal_namespace
 from runtime.errors import FatalError
+from runtime.retry import is_transient
 from schemas.codec import EVENT_CODEC_OPTIONS
 
 log = logging.getLogger("kafkashake.consumer.applier")
 
 DUPLICATE_KEY_CODES = frozenset({11000, 11001})
+PASSED_OVER_REASONS = {"n": "noop", "c": "command", "invalidate": "invalidate"}
 _ABSENT: Any = object()
 
 
@@ -65,10 +68,12 @@ class Applier:
         client: MongoClient,
         private_databases: frozenset[str],
         on_conflict: Callable[[Conflict], None] = lambda conflict: None,
+        ddl: bool = False,
     ) -> None:
         self._client = client
         self._private = private_databases
         self._on_conflict = on_conflict
+        self._ddl = ddl
 
     def _collection(self, ns: str):  # type: ignore[no-untyped-def]
         db, _, coll = ns.partition(".")
@@ -79,10 +84,19 @@ class Applier:
         run = _Run()
         for event in events:
             op = event.op
+            if op == "c" and self._ddl and not is_internal_namespace(event.ns, self._private):
+                if run:
+                    self._flush(run, report)
+                    run = _Run()
+                self._apply_command(event, report)
+                continue
             if op not in ("i", "u", "d"):
-                report.passed_over["noop" if op == "n" else "command" if op == "c" else "unknown_op"] += 1
-                if op not in ("n", "c"):
+                reason = PASSED_OVER_REASONS.get(op, "unknown_op")
+                report.passed_over[reason] += 1
+                if reason == "unknown_op":
                     log.warning("passing over an event of unknown op", extra={"op": op, "ns": event.ns})
+                elif reason == "invalidate":
+                    log.info("change stream invalidate event passed over", extra={"ns": event.ns})
                 continue
             if is_internal_namespace(event.ns, self._private):
                 report.passed_over["internal_namespace"] += 1
@@ -99,6 +113,23 @@ class Applier:
         if run:
             self._flush(run, report)
         return report
+
+    def _apply_command(self, event: Event, report: ApplyReport) -> None:
+        command = event.fields["o"]
+        try:
+            applied = apply_command(self._client, event.ns, command)
+        except OperationFailure as exc:
+            if is_transient(exc):
+                raise
+            raise FatalError(
+                f"the destination rejected the DDL {dict(command)} at {_where(event)}: {exc}. Replay stops here so "
+                "nothing is skipped; fix the destination and restart"
+            ) from exc
+        if applied:
+            report.applied["c"] += 1
+            log.info("DDL applied", extra={"ns": event.ns, "command": command_name(command)})
+        else:
+            report.passed_over["command"] += 1
 
     def _flush(self, run: _Run, report: ApplyReport) -> None:
         for ns, writes in run.writes.items():

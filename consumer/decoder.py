@@ -1,10 +1,11 @@
 """From Kafka messages to events: one message holds one event (bson, json) or a batch (raw).
-A received `applyOps` entry is unwound into its operations here."""
+Change-stream events are turned into oplog form, and a received `applyOps` entry is unwound here."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
 
+from consumer.change_events import is_change_event, to_oplog_form
 from oplog.transactions import unwind
 from schemas.codec import UndecodableMessage, check_event, decode_events
 
@@ -30,6 +31,8 @@ class Event:
 def decode_message(value: bytes | None, topic: str, partition: int, offset: int) -> list[Event]:
     events: list[Event] = []
     for fields in decode_events(value):
+        if is_change_event(fields):
+            fields = to_oplog_form(fields)
         check_event(fields)
         command = fields.get("o") if fields.get("op") == "c" else None
         if isinstance(command, dict) and "applyOps" in command:

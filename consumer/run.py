@@ -41,7 +41,7 @@ class ConsumerRun:
         self.store = ConsumerCheckpointStore(collection, settings.group_id)
         self._conflict_log = RateLimitedLog(logging.getLogger("kafkashake.consumer.conflicts"))
         self._kafka_warnings = RateLimitedLog(log, per_window=1, window_s=30.0)
-        self.applier = Applier(self.destination, frozenset({settings.checkpoint_db}), self._on_conflict)
+        self.applier = Applier(self.destination, frozenset({settings.checkpoint_db}), self._on_conflict, settings.ddl)
         config = kafka_config.client_config(
             settings.brokers, {**CONSUMER_DEFAULTS, "group.id": settings.group_id}, settings.kafka_properties
         )

@@ -15,6 +15,7 @@ class ConsumerSettings:
     checkpoint_collection: str = "consumer_checkpoint"
     kafka_properties: dict[str, str] = field(default_factory=dict)
     batch_max_messages: int = 2000
+    ddl: bool = False
     poll_timeout_s: float = 0.5
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9101

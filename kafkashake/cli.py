@@ -313,6 +313,9 @@ def consumer_run(
                                                "checkpoints.", envvar=env("checkpoint_db"), show_envvar=True)] = "kafkashake",
     batch_max_messages: Annotated[int, typer.Option("--batch-max-messages", min=1, help="Most messages applied per batch.",
                                                     envvar=env("batch_max_messages"), show_envvar=True)] = 2000,
+    ddl: Annotated[bool, typer.Option("--ddl", help="Apply DDL events (create, drop, rename, dropDatabase, "
+                                      "createIndexes, dropIndexes, collMod/modify); without it they are passed over "
+                                      "and counted.", envvar=env("ddl"), show_envvar=True)] = False,
     kafka_property: KafkaProperty = None,
     metrics_host: MetricsHost = "127.0.0.1",
     metrics_port: Annotated[int, typer.Option("--metrics-port", min=0, max=65535, help="Port of /metrics (0: any free port).",
@@ -333,7 +336,7 @@ def consumer_run(
     settings = ConsumerSettings(
         brokers=brokers, topic=topic or "", topic_pattern=topic_pattern or "", dest_uri=dest_uri, group=group or "",
         checkpoint_db=checkpoint_db, kafka_properties=_kafka_properties(kafka_property),
-        batch_max_messages=batch_max_messages, metrics_host=metrics_host, metrics_port=metrics_port,
+        batch_max_messages=batch_max_messages, ddl=ddl, metrics_host=metrics_host, metrics_port=metrics_port,
     )
     _run_process("consumer", log_format, log_level, lambda shutdown: ConsumerRun(settings, shutdown).run())
 
