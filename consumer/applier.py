@@ -29,7 +29,7 @@ from schemas.codec import EVENT_CODEC_OPTIONS
 log = logging.getLogger("kafkashake.consumer.applier")
 
 DUPLICATE_KEY_CODES = frozenset({11000, 11001})
-PASSED_OVER_REASONS = {"n": "noop", "c": "command", "invalidate": "invalidate"}
+PASSED_OVER_REASONS = {"n": "noop", "c": "command", "invalidate": "invalidate", "kafkashake.gap": "history_gap"}
 _ABSENT: Any = object()
 
 
@@ -97,6 +97,9 @@ class Applier:
                     log.warning("passing over an event of unknown op", extra={"op": op, "ns": event.ns})
                 elif reason == "invalidate":
                     log.info("change stream invalidate event passed over", extra={"ns": event.ns})
+                elif reason == "history_gap":
+                    log.error("the producer lost change-stream history: changes before this point are missing "
+                              "from the destination", extra={"kafka": _where(event)})
                 continue
             if is_internal_namespace(event.ns, self._private):
                 report.passed_over["internal_namespace"] += 1

@@ -114,6 +114,29 @@ def _avro_codec(value: str) -> str:
     return value
 
 
+class FetchMethod(str, enum.Enum):
+    OPLOG = "oplog"
+    CHANGE_STREAM = "change_stream"
+
+
+class FullDocument(str, enum.Enum):
+    DEFAULT = "default"
+    UPDATE_LOOKUP = "updateLookup"
+    WHEN_AVAILABLE = "whenAvailable"
+    REQUIRED = "required"
+
+
+class BeforeChange(str, enum.Enum):
+    OFF = "off"
+    WHEN_AVAILABLE = "whenAvailable"
+    REQUIRED = "required"
+
+
+class OnHistoryLost(str, enum.Enum):
+    FAIL = "fail"
+    RESTART_AT_NOW = "restart-at-now"
+
+
 class Compression(str, enum.Enum):
     NONE = "none"
     GZIP = "gzip"
@@ -241,8 +264,30 @@ def producer_run(
                                                  show_envvar=True)] = 50,
     compression: Annotated[Compression, typer.Option("--compression", help="Kafka-level compression of messages.",
                                                      envvar=env("compression"), show_envvar=True)] = Compression.NONE,
-    fetch_method: Annotated[str, typer.Option("--fetch-method", help="How changes are read: oplog (tail local.oplog.rs).",
-                                              envvar=env("fetch_method"), show_envvar=True)] = "oplog",
+    fetch_method: Annotated[FetchMethod, typer.Option("--fetch-method", help="How changes are read: oplog (tail "
+                                                      "local.oplog.rs of a replica set) or change_stream (also "
+                                                      "through mongos).", envvar=env("fetch_method"),
+                                                      show_envvar=True)] = FetchMethod.OPLOG,
+    watch_db: Annotated[Optional[str], typer.Option("--watch-db", help="change_stream: watch only this database.",
+                                                    envvar=env("watch_db"), show_envvar=True)] = None,
+    watch_coll: Annotated[Optional[str], typer.Option("--watch-coll", help="change_stream: watch only this collection "
+                                                      "of --watch-db.", envvar=env("watch_coll"),
+                                                      show_envvar=True)] = None,
+    full_document: Annotated[FullDocument, typer.Option("--full-document", help="change_stream: fullDocument option "
+                                                        "for updates.", envvar=env("full_document"),
+                                                        show_envvar=True)] = FullDocument.DEFAULT,
+    full_document_before_change: Annotated[BeforeChange, typer.Option(
+        "--full-document-before-change", help="change_stream: pre-images (the collection needs "
+        "changeStreamPreAndPostImages).", envvar=env("full_document_before_change"), show_envvar=True,
+    )] = BeforeChange.OFF,
+    show_expanded_events: Annotated[bool, typer.Option("--show-expanded-events", help="change_stream: also DDL events "
+                                                       "(create, createIndexes, dropIndexes, modify, shardCollection).",
+                                                       envvar=env("show_expanded_events"), show_envvar=True)] = False,
+    on_history_lost: Annotated[OnHistoryLost, typer.Option("--on-history-lost", help="change_stream: when the resume "
+                                                           "point is gone, fail (exit 3) or restart-at-now (the gap "
+                                                           "is logged, counted and published as an event).",
+                                                           envvar=env("on_history_lost"),
+                                                           show_envvar=True)] = OnHistoryLost.FAIL,
     start_position: Annotated[str, typer.Option("--start-position", help="Where to start when no checkpoint exists: "
                                                 "earliest, latest, an ISO-8601 UTC time (changes at or after it) or "
                                                 "<seconds>,<increment> (changes after that position).",
@@ -271,12 +316,19 @@ def producer_run(
     log_level: LogLevel = LogLevelChoice.INFO,
     config: Annotated[Optional[Path], _config_option("producer")] = None,
 ) -> None:
-    """Tail the source oplog and publish every change to Kafka, checkpointing only what Kafka acknowledged.
+    """Read the source's changes (oplog or change stream) and publish them to Kafka, checkpointing only what
+    Kafka acknowledged.
 
     Exit codes: 0 stopped by SIGTERM/SIGINT after checkpointing; 1 fatal error; 2 invalid configuration;
-    3 the checkpoint has fallen off the oplog."""
-    if fetch_method != "oplog":
-        raise typer.BadParameter("accepted: oplog", param_hint="'--fetch-method'")
+    3 the checkpoint has fallen off the oplog or out of the change-stream history."""
+    if watch_coll and not watch_db:
+        raise typer.BadParameter("--watch-coll needs --watch-db", param_hint="'--watch-coll'")
+    watch_options_given = (watch_db or watch_coll or show_expanded_events or full_document is not FullDocument.DEFAULT
+                           or full_document_before_change is not BeforeChange.OFF)
+    if fetch_method is FetchMethod.OPLOG and watch_options_given:
+        raise typer.BadParameter("--watch-db, --watch-coll, --full-document*, --show-expanded-events only work with "
+                                 "--fetch-method change_stream", param_hint="'--fetch-method'")
+    from producer.change_stream_source import WatchSettings
     from producer.publisher import Encoding
     from producer.run import ProducerRun
     from producer.settings import ProducerSettings
@@ -285,7 +337,9 @@ def producer_run(
         source_uri=source_uri, brokers=brokers, topic=topic, name=name,
         encoding=Encoding(message_format, json_mode, avro_codec, batch_max_events, batch_max_bytes,
                           batch_linger_ms / 1000),
-        compression=compression.value, replication_factor=replication_factor, fetch_method=fetch_method,
+        compression=compression.value, replication_factor=replication_factor, fetch_method=fetch_method.value,
+        watch=WatchSettings(watch_db, watch_coll, full_document.value, full_document_before_change.value,
+                            show_expanded_events, on_history_lost.value),
         start_position=start_position, checkpoint_uri=checkpoint_uri, checkpoint_db=checkpoint_db,
         partitions=partitions, partition_by=partition_by, kafka_properties=_kafka_properties(kafka_property),
         metrics_host=metrics_host, metrics_port=metrics_port,

@@ -17,6 +17,11 @@ class ProducerMetrics:
         self.events_published = Counter(
             "kafkashake_producer_events_published", "Operations acknowledged by Kafka.", registry=r
         )
+        self.history_gaps = Counter(
+            "kafkashake_producer_history_gaps",
+            "Times the change stream lost its history and restarted at now (--on-history-lost restart-at-now).",
+            registry=r,
+        )
         self.delivery_errors = Counter("kafkashake_producer_delivery_errors", "Messages Kafka refused.", registry=r)
         self.lag = Gauge(
             "kafkashake_producer_lag_seconds",

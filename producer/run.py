@@ -1,18 +1,22 @@
-"""The producer's main loop: tail, extract, publish, track acknowledgements, checkpoint."""
+"""The producer's main loop, shared by both fetch methods: read, publish, track acknowledgements, checkpoint."""
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
+from typing import Any, Protocol
 
+from bson.raw_bson import RawBSONDocument
 from bson.timestamp import Timestamp
 
 from oplog import position
 from oplog.entry import Operation
-from producer.checkpoint import CheckpointStore
-from producer.delivery import DeliveryTracker
+from producer.change_stream_source import ChangeStreamSource
+from producer.checkpoint import Checkpoint, CheckpointStore
 from producer.metrics import ProducerMetrics
 from producer.operations import OperationExtractor
-from producer.oplog_reader import IDLE, OplogReader
+from producer.oplog_reader import OplogReader
+from producer.oplog_source import OplogSource
 from producer.publisher import PRODUCER_DEFAULTS, Publisher, TopicDirectory
 from producer.settings import ProducerSettings
 from runtime import kafka_config, metrics_server, mongo
@@ -26,16 +30,14 @@ FLUSH_TIMEOUT_S = 60.0
 WINDOW_REFRESH_S = 10.0
 
 
-def resolve_start(spec: str, reader: OplogReader) -> Timestamp:
-    """The exclusive start position for `--start-position` when no checkpoint exists."""
-    if spec == "latest":
-        newest = reader.newest()
-        return newest if newest is not None else Timestamp(int(time.time()), 0)
-    if spec == "earliest":
-        oldest = reader.oldest()
-        return position.predecessor(oldest) if oldest is not None else Timestamp(0, 0)
-    parsed = position.parse(spec)
-    return parsed if "," in spec else position.predecessor(parsed)
+class Source(Protocol):
+    def first_checkpoint(self, start_position: str) -> Checkpoint: ...
+    def start(self, saved: Checkpoint) -> None: ...
+    def changes(self) -> Any: ...
+    def acknowledged(self, slot: Any) -> None: ...
+    def safe_checkpoint(self) -> Checkpoint: ...
+    def lag_seconds(self) -> float: ...
+    def window(self) -> tuple[Timestamp | None, Timestamp | None]: ...
 
 
 class ProducerRun:
@@ -43,31 +45,38 @@ class ProducerRun:
         self.settings = settings
         self.shutdown = shutdown
         self.metrics = ProducerMetrics(settings.fetch_method, settings.encoding.message_format.value)
-        self.source = mongo.connect(settings.source_uri, "kafkashake-producer")
+        self.source_client = mongo.connect(settings.source_uri, "kafkashake-producer")
         self.store_client = (
-            mongo.connect(settings.checkpoint_uri, "kafkashake-producer") if settings.checkpoint_uri else self.source
+            mongo.connect(settings.checkpoint_uri, "kafkashake-producer") if settings.checkpoint_uri
+            else self.source_client
         )
         collection = self.store_client[settings.checkpoint_db][settings.checkpoint_collection]
         self.store = CheckpointStore(collection, settings.name, settings.fetch_method)
-        self.reader = OplogReader(self.source)
-        self.extractor = OperationExtractor(settings.private_databases)
+        self.source: Source
+        if settings.fetch_method == "change_stream":
+            raw_client = mongo.connect(settings.source_uri, "kafkashake-producer", document_class=RawBSONDocument)
+            self.source = ChangeStreamSource(raw_client, settings.watch, settings.private_databases, self.metrics)
+        else:
+            self.source = OplogSource(OplogReader(self.source_client), OperationExtractor(settings.private_databases),
+                                      self.metrics)
         self._window_checked_at = 0.0
 
-    def _call(self, action, what: str):  # type: ignore[no-untyped-def]
+    def _call(self, action: Callable[[], Any], what: str) -> Any:
         return retry_transient(action, what, lambda: self.shutdown.requested)
 
-    def _starting_position(self) -> Timestamp:
+    def _starting_checkpoint(self) -> Checkpoint:
         saved = self._call(self.store.load, "loading the checkpoint")
         if saved is not None:
-            log.info("resuming from checkpoint", extra={"position": position.describe(saved)})
+            log.info("resuming from checkpoint", extra={"position": position.describe(saved.ts),
+                                                        "fetch_method": saved.fetch_method})
             return saved
-        start = self._call(lambda: resolve_start(self.settings.start_position, self.reader), "resolving the start")
-        self._call(lambda: self.store.save(start), "saving the first checkpoint")
+        first = self._call(lambda: self.source.first_checkpoint(self.settings.start_position), "resolving the start")
+        self._call(lambda: self.store.save(first), "saving the first checkpoint")
         log.info(
             "no checkpoint: starting and checkpointing at once",
-            extra={"start_position": self.settings.start_position, "position": position.describe(start)},
+            extra={"start_position": self.settings.start_position, "position": position.describe(first.ts)},
         )
-        return start
+        return first
 
     def _refresh_window(self, checkpoint: Timestamp) -> None:
         now = time.monotonic()
@@ -75,7 +84,7 @@ class ProducerRun:
             return
         self._window_checked_at = now
         try:
-            oldest, newest = self.reader.oldest(), self.reader.newest()
+            oldest, newest = self.source.window()
         except Exception as exc:  # metrics must never stop replication
             if not is_transient(exc):
                 raise
@@ -88,11 +97,11 @@ class ProducerRun:
         settings = self.settings
         metrics_server.serve(self.metrics.registry, settings.metrics_host, settings.metrics_port)
         stop = lambda: self.shutdown.requested  # noqa: E731
-        mongo.ensure_reachable(self.source, "source", settings.source_uri, stop)
+        mongo.ensure_reachable(self.source_client, "source", settings.source_uri, stop)
         if settings.checkpoint_uri:
             mongo.ensure_reachable(self.store_client, "checkpoint store", settings.checkpoint_uri, stop)
-        start = self._starting_position()
-        self._call(lambda: self.reader.check_within_window(start), "checking the oplog window")
+        start = self._starting_checkpoint()
+        self._call(lambda: self.source.start(start), "checking the start position")
 
         config = kafka_config.client_config(
             settings.brokers, {**PRODUCER_DEFAULTS, "compression.type": settings.compression}, settings.kafka_properties
@@ -101,55 +110,40 @@ class ProducerRun:
         if not topics.is_template(settings.topic):
             directory.partitions(settings.topic)
         publisher = Publisher(config, settings.topic, settings.name, settings.encoding, settings.partition_by, directory)
-        tracker = DeliveryTracker(start)
-        self._refresh_window(start)
+        self._refresh_window(start.ts)
         log.info(
             "producer started",
-            extra={"topic": settings.topic, "brokers": settings.brokers, "format": settings.encoding.message_format.value},
+            extra={"topic": settings.topic, "brokers": settings.brokers, "fetch_method": settings.fetch_method,
+                   "format": settings.encoding.message_format.value},
         )
         try:
-            self._stream(publisher, tracker)
+            self._stream(publisher)
         finally:
             remaining = publisher.flush(FLUSH_TIMEOUT_S)
-            final = tracker.safe_position(self.extractor.hold_below())
+            final = self.source.safe_checkpoint()
             if publisher.delivery_error is None:
                 self._call(lambda: self.store.save(final), "saving the final checkpoint")
-            log.info(
-                "producer stopped",
-                extra={"checkpoint": position.describe(final), "unacknowledged": remaining},
-            )
+            log.info("producer stopped", extra={"checkpoint": position.describe(final.ts), "unacknowledged": remaining})
 
-    def _stream(self, publisher: Publisher, tracker: DeliveryTracker) -> None:
+    def _stream(self, publisher: Publisher) -> None:
         backoff = Backoff()
         last_save = time.monotonic()
-        metrics = self.metrics
         while not self.shutdown.requested:
-            resume_at = tracker.read_through
             try:
-                self.reader.check_within_window(resume_at)
-                for entry in self.reader.tail(resume_at):
-                    if entry is IDLE:
-                        tracker.caught_up()
-                    else:
-                        ts = entry["ts"]
-                        metrics.events_read.labels(entry["op"]).inc()
-                        tracker.read(ts)
-                        operations = self.extractor.extract(entry)
-                        if not operations:
-                            metrics.events_filtered.inc()
-                        for operation in operations:
-                            self._publish(publisher, tracker, operation)
+                for pending in self.source.changes():
+                    for operation, slot in pending or ():
+                        self._publish(publisher, operation, slot)
                     publisher.send_due_batches()
                     publisher.poll(0)
                     backoff.reset()
                     if publisher.delivery_error is not None:
-                        metrics.delivery_errors.inc()
+                        self.metrics.delivery_errors.inc()
                         raise FatalError(
                             f"Kafka did not acknowledge a message: {publisher.delivery_error}. "
                             "The checkpoint stays before it; restart to publish again from there"
                         )
                     if time.monotonic() - last_save >= self.settings.checkpoint_interval_s:
-                        self._checkpoint(tracker)
+                        self._checkpoint()
                         last_save = time.monotonic()
                     if self.shutdown.requested:
                         return
@@ -160,22 +154,20 @@ class ProducerRun:
                 log.warning("source unavailable, retrying", extra={"error": str(exc), "retry_in_s": round(delay, 2)})
                 self.shutdown.wait(delay)
 
-    def _publish(self, publisher: Publisher, tracker: DeliveryTracker, operation: Operation) -> None:
-        slot = tracker.sent(operation.ts)
+    def _publish(self, publisher: Publisher, operation: Operation, slot: Any) -> None:
         handed_at = time.perf_counter()
-        metrics = self.metrics
+        metrics, source = self.metrics, self.source
 
         def acknowledged() -> None:
-            tracker.acknowledged(slot)
+            source.acknowledged(slot)
             metrics.events_published.inc()
             metrics.publish_seconds.observe(time.perf_counter() - handed_at)
 
         publisher.publish(operation, acknowledged)
 
-    def _checkpoint(self, tracker: DeliveryTracker) -> None:
-        safe = tracker.safe_position(self.extractor.hold_below())
+    def _checkpoint(self) -> None:
+        safe = self.source.safe_checkpoint()
         self._call(lambda: self.store.save(safe), "saving the checkpoint")
-        self.metrics.checkpoint_ts.set(safe.time)
-        newest_ack = tracker.newest_acknowledged
-        self.metrics.lag.set(max(0, tracker.last_read.time - newest_ack.time) if newest_ack else 0)
-        self._refresh_window(safe)
+        self.metrics.checkpoint_ts.set(safe.ts.time)
+        self.metrics.lag.set(self.source.lag_seconds())
+        self._refresh_window(safe.ts)

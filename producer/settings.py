@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from producer.change_stream_source import WatchSettings
 from producer.publisher import Encoding
 from schemas.partitioning import PartitionBy
 
@@ -16,6 +17,7 @@ class ProducerSettings:
     encoding: Encoding = field(default_factory=Encoding)
     compression: str = "none"
     fetch_method: str = "oplog"
+    watch: WatchSettings = field(default_factory=WatchSettings)
     start_position: str = "latest"
     checkpoint_uri: str | None = None
     checkpoint_db: str = "kafkashake"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from pymongo import MongoClient
 from pymongo.errors import OperationFailure, PyMongoError
@@ -14,8 +15,8 @@ SERVER_SELECTION_TIMEOUT_MS = 10_000
 STARTUP_REACH_TIMEOUT_S = 30.0
 
 
-def connect(uri: str, appname: str) -> MongoClient:
-    return MongoClient(uri, serverSelectionTimeoutMS=SERVER_SELECTION_TIMEOUT_MS, appname=appname)
+def connect(uri: str, appname: str, **options: Any) -> MongoClient:
+    return MongoClient(uri, serverSelectionTimeoutMS=SERVER_SELECTION_TIMEOUT_MS, appname=appname, **options)
 
 
 def ensure_reachable(client: MongoClient, what: str, uri: str, should_stop: Callable[[], bool],

@@ -1,7 +1,8 @@
 """Message keys and partitions, exactly as a third party can recompute them.
 
 Key bytes (UTF-8):
-- `id` mode:         `<db>.<coll>` + `\\x00` + compact canonical Extended JSON of `_id`
+- `id` mode:         `<db>.<coll>` + `\\x00` + compact canonical Extended JSON of `_id` (change streams: of
+                     `documentKey`; events without a document, such as DDL, use the `collection` key)
                      (e.g. `shop.orders\\x00{"$oid":"65a1..."}`, `shop.orders\\x00{"$numberInt":"7"}`)
 - `collection` mode: `<db>.<coll>`
 - `database` mode:   `<db>`
@@ -43,7 +44,8 @@ def canonical_json(value: Any) -> str:
 
 
 def message_key(mode: PartitionBy, ns: str, document_id: Any) -> bytes:
-    if mode is PartitionBy.ID:
+    """`document_id` is None for events that touch no single document (DDL): they are keyed by namespace."""
+    if mode is PartitionBy.ID and document_id is not None:
         return f"{ns}\x00{canonical_json(document_id)}".encode()
     if mode is PartitionBy.COLLECTION:
         return ns.encode()

@@ -1,0 +1,89 @@
+"""The oplog fetch method: where to start, what to read, and which position is safe to checkpoint."""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+
+from bson.timestamp import Timestamp
+
+from oplog import position
+from oplog.entry import Operation
+from producer.checkpoint import Checkpoint
+from producer.delivery import DeliverySlot, DeliveryTracker
+from producer.metrics import ProducerMetrics
+from producer.operations import OperationExtractor
+from producer.oplog_reader import IDLE, OplogReader
+
+log = logging.getLogger("kafkashake.producer")
+FETCH_METHOD = "oplog"
+
+Pending = list[tuple[Operation, DeliverySlot]]
+
+
+def resolve_start(spec: str, reader: OplogReader) -> Timestamp:
+    """The exclusive start position for `--start-position` when no checkpoint exists."""
+    if spec == "latest":
+        newest = reader.newest()
+        return newest if newest is not None else Timestamp(int(time.time()), 0)
+    if spec == "earliest":
+        oldest = reader.oldest()
+        return position.predecessor(oldest) if oldest is not None else Timestamp(0, 0)
+    parsed = position.parse(spec)
+    return parsed if "," in spec else position.predecessor(parsed)
+
+
+class OplogSource:
+    def __init__(self, reader: OplogReader, extractor: OperationExtractor, metrics: ProducerMetrics) -> None:
+        self._reader = reader
+        self._extractor = extractor
+        self._metrics = metrics
+        self._tracker: DeliveryTracker | None = None
+
+    def first_checkpoint(self, start_position: str) -> Checkpoint:
+        return Checkpoint(resolve_start(start_position, self._reader), None, FETCH_METHOD)
+
+    def start(self, saved: Checkpoint) -> None:
+        start = saved.ts
+        if saved.fetch_method != FETCH_METHOD:
+            # A change-stream checkpoint's cluster time may be shared by several entries: re-read that time.
+            start = position.predecessor(saved.ts)
+            log.warning("checkpoint written by another fetch method: continuing from its time",
+                        extra={"from": saved.fetch_method, "position": position.describe(start)})
+        self._reader.check_within_window(start)
+        self._tracker = DeliveryTracker(start)
+
+    @property
+    def tracker(self) -> DeliveryTracker:
+        assert self._tracker is not None, "start() first"
+        return self._tracker
+
+    def changes(self) -> Iterator[Pending | None]:
+        """Operations to publish, each with its delivery slot; None whenever the oplog has been read to its end."""
+        tracker = self.tracker
+        resume_at = tracker.read_through
+        self._reader.check_within_window(resume_at)
+        for entry in self._reader.tail(resume_at):
+            if entry is IDLE:
+                tracker.caught_up()
+                yield None
+                continue
+            self._metrics.events_read.labels(entry["op"]).inc()
+            tracker.read(entry["ts"])
+            operations = self._extractor.extract(entry)
+            if not operations:
+                self._metrics.events_filtered.inc()
+            yield [(operation, tracker.sent(operation.ts)) for operation in operations]
+
+    def acknowledged(self, slot: DeliverySlot) -> None:
+        self.tracker.acknowledged(slot)
+
+    def safe_checkpoint(self) -> Checkpoint:
+        return Checkpoint(self.tracker.safe_position(self._extractor.hold_below()), None, FETCH_METHOD)
+
+    def lag_seconds(self) -> float:
+        newest = self.tracker.newest_acknowledged
+        return max(0, self.tracker.last_read.time - newest.time) if newest else 0.0
+
+    def window(self) -> tuple[Timestamp | None, Timestamp | None]:
+        return self._reader.oldest(), self._reader.newest()
