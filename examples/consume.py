@@ -1,6 +1,7 @@
 """A third-party consumer of kafkashake topics, using only confluent-kafka, fastavro and pymongo's bson.
 
-It decodes all three formats without looking at headers and prints one JSON line per event:
+It decodes all three formats without looking at headers, oplog events and change events alike, and prints one
+JSON line per event (`id` is the `_id`, or the `documentKey` of a change event):
     {"partition": 3, "offset": 41, "format": "raw", "ns": "shop.orders", "op": "u",
      "ts": [1700000000, 7], "id": {"$oid": "65a1..."}}
 
@@ -35,8 +36,14 @@ def events_of(value):
     raise ValueError(f"not a kafkashake message: {value[:16]!r}")
 
 
-def document_id(event):
-    return event["o2"]["_id"] if event["op"] == "u" else event["o"]["_id"]
+def describe(event):
+    """(ns, op, ts, document id) of an oplog event or a change event (--fetch-method change_stream)."""
+    if "operationType" in event:
+        ns = event.get("ns") or {}
+        name = ".".join(part for part in (ns.get("db"), ns.get("coll")) if part)
+        return name, event["operationType"], event["clusterTime"], event.get("documentKey")
+    document_id = event["o2"]["_id"] if event["op"] == "u" else event["o"]["_id"]
+    return event["ns"], event["op"], event["ts"], document_id
 
 
 def main():
@@ -58,9 +65,10 @@ def main():
         idle_since = time.monotonic()
         message_format, events = events_of(message.value())
         for event in events:
+            ns, op, ts, document_id = describe(event)
             line = {"partition": message.partition(), "offset": message.offset(), "format": message_format,
-                    "ns": event["ns"], "op": event["op"], "ts": [event["ts"].time, event["ts"].inc],
-                    "id": json.loads(json_util.dumps(document_id(event), json_options=CANONICAL))}
+                    "ns": ns, "op": op, "ts": [ts.time, ts.inc],
+                    "id": json.loads(json_util.dumps(document_id, json_options=CANONICAL))}
             sys.stdout.write(json.dumps(line) + "\n")
     consumer.close()
 

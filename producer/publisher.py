@@ -31,7 +31,8 @@ PRODUCER_DEFAULTS: dict[str, Any] = {
     "partitioner": "murmur2_random",
     "linger.ms": 5,
     "compression.type": "none",
-    "message.max.bytes": 16 * 1024 * 1024 + 64 * 1024,
+    # A reassembled change event (document + pre-image + update) can exceed MongoDB's 16 MB document limit.
+    "message.max.bytes": 64 * 1024 * 1024,
 }
 ADMIN_TIMEOUT_S = 30.0
 RAW_RECORD_OVERHEAD_BYTES = 64
@@ -100,6 +101,10 @@ class _Batch:
         self.newest: Any = None
 
 
+def _describe(operation: Operation) -> str:
+    return f"the {operation.op} event on {operation.ns} for _id {canonical_json(operation.document_id)}"
+
+
 def _single(values: set[str]) -> str:
     return next(iter(values)) if len(values) == 1 else headers.MIXED
 
@@ -142,7 +147,7 @@ class Publisher:
             (headers.SOURCE_TS, headers.position_text(operation.ts).encode()),
         ]
         # librdkafka's murmur2_random partitioner computes the same partition as partition_for, in C.
-        self._produce(topic, None, key, value, message_headers, [on_acknowledged])
+        self._produce(topic, None, key, value, message_headers, [on_acknowledged], lambda: _describe(operation))
 
     def _add_to_batch(self, topic: str, partition: int, operation: Operation, on_acknowledged: Acknowledge) -> None:
         batch = self._batches.get((topic, partition))
@@ -170,7 +175,10 @@ class Publisher:
             (headers.COUNT, str(len(batch.records)).encode()),
         ]
         value = encode_raw_batch(batch.records, self._encoding.avro_codec)
-        self._produce(topic, partition, None, value, message_headers, batch.acknowledgements)
+        first = batch.records[0]
+        self._produce(topic, partition, None, value, message_headers, batch.acknowledgements,
+                      lambda: f"a raw batch of {len(batch.records)} events starting with {first['ns']} "
+                              f"_id {first['document_id']}")
 
     def send_due_batches(self) -> None:
         """Send raw batches that have waited their linger time. Batches sit in the dict in the order they were
@@ -183,13 +191,16 @@ class Publisher:
             self._send_batch(topic, partition)
 
     def _produce(self, topic: str, partition: int | None, key: bytes | None, value: bytes,
-                 message_headers: list[tuple[str, bytes]], acknowledgements: list[Acknowledge]) -> None:
+                 message_headers: list[tuple[str, bytes]], acknowledgements: list[Acknowledge],
+                 describe: Callable[[], str]) -> None:
         def delivered(error: KafkaError | None, _message: Message) -> None:
             if error is None:
                 for acknowledge in acknowledgements:
                     acknowledge()
             elif self.delivery_error is None:
-                self.delivery_error = str(error)
+                self.delivery_error = f"{error} for {describe()} ({len(value)} bytes) on topic {topic}"
+                if error.code() == KafkaError.MSG_SIZE_TOO_LARGE:
+                    self.delivery_error += ": raise the topic's max.message.bytes (and the brokers' message.max.bytes)"
 
         explicit = {} if partition is None else {"partition": partition}
         while True:
@@ -199,6 +210,13 @@ class Publisher:
                 return
             except BufferError:
                 self._producer.poll(0.05)
+            except KafkaException as exc:
+                if exc.args[0].code() == KafkaError.MSG_SIZE_TOO_LARGE:
+                    raise FatalError(
+                        f"{describe()} makes a message of {len(value)} bytes, over message.max.bytes; raise it with "
+                        "-X message.max.bytes=N (and the topic's max.message.bytes)"
+                    ) from exc
+                raise
 
     def poll(self, timeout: float = 0.0) -> None:
         self._producer.poll(timeout)

@@ -175,3 +175,23 @@ def test_ddl_events_apply_with_ddl_and_invalidate_does_not_end_the_stream(source
     assert "invalidate" in kinds()
     assert watcher.running
     assert watcher.terminate() == 0
+
+
+def test_events_over_16_mb_are_reassembled_from_split_fragments(source, destination, brokers, cli) -> None:
+    topic = unique("cs-big")
+    src, dst = client(source), client(destination)
+    src["big"].create_collection("docs", changeStreamPreAndPostImages={"enabled": True})
+    producer = cli(*producer_args(source, brokers, topic, "--format", "bson", "--watch-db", "big",
+                                  "--full-document", "updateLookup", "--full-document-before-change", "required"),
+                   name="producer").start()
+    consumer = cli(*consumer_args(destination, brokers, topic), name="consumer").start()
+    wait_until(lambda: checkpointed(source), 30, "first checkpoint")
+    src["big"]["docs"].insert_one({"_id": 1, "blob": "x" * (9 * 1024 * 1024)})
+    src["big"]["docs"].update_one({"_id": 1}, {"$set": {"blob": "y" * (9 * 1024 * 1024)}})
+    wait_until(lambda: (dst["big"]["docs"].find_one({"_id": 1}) or {}).get("blob", "")[:1] == "y", 120,
+               "the large update replicated")
+    events = [e for m in read_topic(brokers, topic) for e in decode_events(m.value())]
+    update = next(e for e in events if e["operationType"] == "update")
+    assert "splitEvent" not in update
+    assert update["fullDocument"]["blob"][:1] == "y" and update["fullDocumentBeforeChange"]["blob"][:1] == "x"
+    assert producer.terminate() == 0 and consumer.terminate() == 0
