@@ -8,20 +8,22 @@ insert earlier in the same run touched closes the run first, because the insert'
 from __future__ import annotations
 
 import logging
+import re
 from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import bson
 from pymongo import DeleteOne, InsertOne, MongoClient, ReplaceOne
-from pymongo.errors import BulkWriteError, OperationFailure
+from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
 
 from consumer.conflicts import DUPLICATE_KEY, UPDATE_MISSING, Conflict
 from consumer.decoder import Event
 from consumer.ddl import apply_command, command_name
 from consumer.document_update import UpdateFormatError, apply_update
 from oplog.entry import is_internal_namespace
+from oplog.namespaces import NamespaceFilter, NamespaceMap
 from runtime.errors import FatalError
 from runtime.retry import is_transient
 from schemas.codec import EVENT_CODEC_OPTIONS
@@ -38,6 +40,17 @@ def identity(value: Any) -> bytes:
     return bson.encode({"": value})
 
 
+@dataclass(frozen=True)
+class ReplayPolicy:
+    """MongoShake's executor options, with their names: `upsert`, `insert_on_dup_update`, plus DDL and namespaces."""
+
+    upsert: bool = False
+    insert_on_dup_update: bool = False
+    ddl: bool = False
+    namespaces: NamespaceFilter = NamespaceFilter()
+    transform: NamespaceMap = NamespaceMap({}, {})
+
+
 @dataclass
 class ApplyReport:
     applied: Counter = field(default_factory=Counter)
@@ -51,6 +64,7 @@ class _Write:
     document_id: Any
     key: bytes
     request: Any = None
+    replaces_on_duplicate: bool = False
 
 
 class _Run:
@@ -68,12 +82,12 @@ class Applier:
         client: MongoClient,
         private_databases: frozenset[str],
         on_conflict: Callable[[Conflict], None] = lambda conflict: None,
-        ddl: bool = False,
+        policy: ReplayPolicy = ReplayPolicy(),
     ) -> None:
         self._client = client
         self._private = private_databases
         self._on_conflict = on_conflict
-        self._ddl = ddl
+        self._policy = policy
 
     def _collection(self, ns: str):  # type: ignore[no-untyped-def]
         db, _, coll = ns.partition(".")
@@ -82,9 +96,13 @@ class Applier:
     def apply(self, events: list[Event]) -> ApplyReport:
         report = ApplyReport()
         run = _Run()
+        policy = self._policy
         for event in events:
             op = event.op
-            if op == "c" and self._ddl and not is_internal_namespace(event.ns, self._private):
+            if policy.namespaces and not self._allowed(event):
+                report.passed_over["filtered"] += 1
+                continue
+            if op == "c" and policy.ddl and not is_internal_namespace(event.ns, self._private):
                 if run:
                     self._flush(run, report)
                     run = _Run()
@@ -107,20 +125,33 @@ class Applier:
             fields = event.fields
             document_id = fields["o2"]["_id"] if op == "u" else fields["o"]["_id"]
             write = _Write(event, document_id, identity(document_id))
-            if op == "u" and (event.ns, write.key) in run.inserted:
+            ns = policy.transform.map(event.ns) if policy.transform else event.ns
+            if op == "u" and (ns, write.key) in run.inserted:
                 self._flush(run, report)
                 run = _Run()
             if op == "i":
-                run.inserted.add((event.ns, write.key))
-            run.writes[event.ns].append(write)
+                run.inserted.add((ns, write.key))
+            run.writes[ns].append(write)
         if run:
             self._flush(run, report)
         return report
 
+    def _allowed(self, event: Event) -> bool:
+        """Filters name collections; a command is judged by the collection it acts on."""
+        ns = event.ns
+        if event.op == "c":
+            command = event.fields["o"]
+            target = command.get(next(iter(command)))
+            db = ns.partition(".")[0]
+            ns = target if isinstance(target, str) and "." in target else f"{db}.{target}" if isinstance(target, str) else db
+        return self._policy.namespaces.allows(ns)
+
     def _apply_command(self, event: Event, report: ApplyReport) -> None:
-        command = event.fields["o"]
+        ns, command = event.ns, event.fields["o"]
+        if self._policy.transform:
+            ns, command = self._policy.transform.map_command(ns, command)
         try:
-            applied = apply_command(self._client, event.ns, command)
+            applied = apply_command(self._client, ns, command)
         except OperationFailure as exc:
             if is_transient(exc):
                 raise
@@ -145,6 +176,7 @@ class Applier:
         for w in writes:
             if w.event.op == "i":
                 w.request = InsertOne(w.event.fields["o"])
+                w.replaces_on_duplicate = self._policy.insert_on_dup_update
             elif w.event.op == "d":
                 w.request = DeleteOne({"_id": w.document_id})
         if not update_ids:
@@ -159,14 +191,17 @@ class Applier:
             elif op == "u":
                 current = state.get(w.key, _ABSENT)
                 if current is _ABSENT:
-                    self._conflict(report, Conflict(UPDATE_MISSING, w.event, None, "no document matches the update's _id"))
-                    continue
+                    if not self._policy.upsert:
+                        self._conflict(report, Conflict(UPDATE_MISSING, w.event, None,
+                                                        "no document matches the update's _id"))
+                        continue
+                    current = dict(w.event.fields["o2"])  # what an upsert of this update would start from
                 try:
                     updated = apply_update(current, w.event.fields["o"])
                 except UpdateFormatError as exc:
                     raise FatalError(f"cannot apply update at {_where(w.event)}: {exc}") from exc
                 state[w.key] = updated
-                w.request = ReplaceOne({"_id": w.document_id}, updated)
+                w.request = ReplaceOne({"_id": w.document_id}, updated, upsert=self._policy.upsert)
 
     def _execute(self, collection, writes: list[_Write], report: ApplyReport) -> None:  # type: ignore[no-untyped-def]
         start = 0
@@ -185,19 +220,47 @@ class Applier:
                         f"{first.get('errmsg')} (code {first.get('code')}). Replay stops here so nothing is skipped; "
                         "fix the destination (validator, index, permissions) and restart"
                     ) from exc
-                index_name = (first.get("keyPattern") and "_".join(f"{k}_{v}" for k, v in first["keyPattern"].items())) or None
-                self._conflict(
-                    report, Conflict(DUPLICATE_KEY, failed.event, first.get("code"), first.get("errmsg", ""), index_name)
-                )
+                index_name = duplicate_index_name(first)
+                if failed.replaces_on_duplicate and index_name == "_id_":
+                    self._replace_existing(collection, failed, report)
+                else:
+                    self._conflict(report, Conflict(DUPLICATE_KEY, failed.event, first.get("code"),
+                                                    first.get("errmsg", ""), index_name))
                 start += first["index"] + 1
                 continue
             for w in batch:
                 report.applied[w.event.op] += 1
             return
 
+    def _replace_existing(self, collection, write: _Write, report: ApplyReport) -> None:  # type: ignore[no-untyped-def]
+        """insert_on_dup_update: the inserted document replaces the existing one whole (MongoShake merged with
+        $set, so fields the insert did not have survived). A duplicate on another unique index stays a conflict."""
+        try:
+            collection.replace_one({"_id": write.document_id}, write.event.fields["o"])
+        except DuplicateKeyError as exc:
+            details = exc.details or {}
+            self._conflict(report, Conflict(DUPLICATE_KEY, write.event, exc.code, str(details.get("errmsg", exc)),
+                                            duplicate_index_name(details)))
+            return
+        report.applied["i"] += 1
+
     def _conflict(self, report: ApplyReport, conflict: Conflict) -> None:
         report.conflicts.append(conflict)
         self._on_conflict(conflict)
+
+
+_INDEX_IN_MESSAGE = re.compile(r"index: (\S+) dup key")
+
+
+def duplicate_index_name(error: Mapping[str, Any]) -> str | None:
+    """The unique index a duplicate-key error names (from its message; else built from keyPattern)."""
+    match = _INDEX_IN_MESSAGE.search(str(error.get("errmsg", "")))
+    if match:
+        return match.group(1)
+    pattern = error.get("keyPattern")
+    if pattern == {"_id": 1}:
+        return "_id_"
+    return "_".join(f"{k}_{v}" for k, v in pattern.items()) if pattern else None
 
 
 def _where(event: Event) -> str:

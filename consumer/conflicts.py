@@ -3,6 +3,7 @@ A conflict never stops replay: it is counted by kind and logged (rate-limited), 
 is left as it is."""
 from __future__ import annotations
 
+import datetime as _dt
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,3 +33,26 @@ def describe(conflict: Conflict) -> dict[str, Any]:
         "index": conflict.index_name,
         "kafka": f"{event.topic}/{event.partition}@{event.offset}",
     }
+
+
+class ConflictRecorder:
+    """`--conflict-write-to db`: one document per conflict in `<conflict db>.<source namespace>`, with everything
+    needed to repair by hand: the whole original event, the error, and where it came from in Kafka."""
+
+    def __init__(self, client: Any, database: str) -> None:
+        self._database = client[database]
+
+    def record(self, conflict: Conflict) -> None:
+        event = conflict.event
+        self._database[event.ns].insert_one({
+            "event": event.fields,
+            "ns": event.ns,
+            "op": event.op,
+            "kind": conflict.kind,
+            "code": conflict.code,
+            "error": conflict.message,
+            "index": conflict.index_name,
+            "ts": event.fields.get("ts"),
+            "kafka": {"topic": event.topic, "partition": event.partition, "offset": event.offset},
+            "recorded_at": _dt.datetime.now(tz=_dt.timezone.utc),
+        })

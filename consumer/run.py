@@ -9,7 +9,8 @@ from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException
 
 from consumer.applier import Applier
 from consumer.checkpoint import ConsumerCheckpointStore, PartitionPosition
-from consumer.conflicts import Conflict, describe
+from consumer.conflicts import Conflict, ConflictRecorder, describe
+from consumer.delay import DelayGate, source_time
 from consumer.decoder import Event, UndecodableMessage, decode_message
 from consumer.metrics import ConsumerMetrics
 from consumer.settings import ConsumerSettings
@@ -41,7 +42,12 @@ class ConsumerRun:
         self.store = ConsumerCheckpointStore(collection, settings.group_id)
         self._conflict_log = RateLimitedLog(logging.getLogger("kafkashake.consumer.conflicts"))
         self._kafka_warnings = RateLimitedLog(log, per_window=1, window_s=30.0)
-        self.applier = Applier(self.destination, frozenset({settings.checkpoint_db}), self._on_conflict, settings.ddl)
+        private = frozenset({settings.checkpoint_db, settings.conflict_db})
+        self.applier = Applier(self.destination, private, self._on_conflict, settings.policy)
+        self.recorder = (ConflictRecorder(self.destination, settings.conflict_db)
+                         if settings.conflict_write_to == "db" else None)
+        self.delay = DelayGate(settings.target_delay_s)
+        self.metrics.delay.set(settings.target_delay_s)
         config = kafka_config.client_config(
             settings.brokers, {**CONSUMER_DEFAULTS, "group.id": settings.group_id}, settings.kafka_properties
         )
@@ -50,6 +56,8 @@ class ConsumerRun:
     def _on_conflict(self, conflict: Conflict) -> None:
         self.metrics.conflicts.labels(conflict.kind).inc()
         self._conflict_log.warning("conflict: destination left as it is", **describe(conflict))
+        if self.recorder is not None:
+            self._call(lambda: self.recorder.record(conflict), "recording a conflict")  # type: ignore[union-attr]
 
     def _call(self, action, what: str):  # type: ignore[no-untyped-def]
         return retry_transient(action, what, lambda: self.shutdown.requested)
@@ -70,24 +78,37 @@ class ConsumerRun:
             )
         consumer.assign(partitions)
 
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.delay.forget([(tp.topic, tp.partition) for tp in partitions])
+        self.metrics.partitions_paused.set(len(self.delay.paused))
+
     def run(self) -> None:
         settings = self.settings
         metrics_server.serve(self.metrics.registry, settings.metrics_host, settings.metrics_port)
         mongo.ensure_reachable(self.destination, "destination", settings.dest_uri, lambda: self.shutdown.requested)
-        self.consumer.subscribe(settings.subscription, on_assign=self._on_assign)
+        self.consumer.subscribe(settings.subscription, on_assign=self._on_assign, on_revoke=self._on_revoke)
         log.info("consumer started", extra={"subscription": settings.subscription, "group": settings.group_id})
         try:
             while not self.shutdown.requested:
-                messages = self.consumer.consume(settings.batch_max_messages, settings.poll_timeout_s)
+                self._resume_due_partitions()
+                timeout = self.delay.seconds_until_next(settings.poll_timeout_s)
+                messages = self.consumer.consume(settings.batch_max_messages, timeout)
                 if messages:
                     self._handle(messages)
         finally:
             self.consumer.close()
             log.info("consumer stopped")
 
+    def _resume_due_partitions(self) -> None:
+        due = self.delay.release_due()
+        if due:
+            self.consumer.resume([TopicPartition(topic, partition) for topic, partition in due])
+            self.metrics.partitions_paused.set(len(self.delay.paused))
+
     def _handle(self, messages: list[Message]) -> None:
         events: list[Event] = []
         positions: dict[tuple[str, int], PartitionPosition] = {}
+        held: set[tuple[str, int]] = set()
         for message in messages:
             error = message.error()
             if error is not None:
@@ -105,6 +126,16 @@ class ConsumerRun:
                     f"message {topic}/{partition}@{offset} cannot be decoded: {exc}. "
                     "The consumer stops rather than skip it; inspect the message and restart"
                 ) from exc
+            if (topic, partition) in held:
+                continue  # rewound: comes back once the partition is resumed
+            newest = max((source_time(event.fields) for event in decoded), default=0.0)
+            if not self.delay.is_due(newest):
+                self.consumer.seek(TopicPartition(topic, partition, offset))
+                self.consumer.pause([TopicPartition(topic, partition)])
+                self.delay.hold((topic, partition), newest)
+                held.add((topic, partition))
+                self.metrics.partitions_paused.set(len(self.delay.paused))
+                continue
             events.extend(decoded)
             ts = decoded[-1].fields.get("ts") if decoded else None
             positions[(topic, partition)] = PartitionPosition(topic, partition, offset, ts)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from consumer.applier import ReplayPolicy
+
 
 @dataclass(frozen=True)
 class ConsumerSettings:
@@ -15,7 +17,10 @@ class ConsumerSettings:
     checkpoint_collection: str = "consumer_checkpoint"
     kafka_properties: dict[str, str] = field(default_factory=dict)
     batch_max_messages: int = 2000
-    ddl: bool = False
+    policy: ReplayPolicy = field(default_factory=ReplayPolicy)
+    conflict_write_to: str = "none"
+    conflict_db: str = "kafkashake_conflict"
+    target_delay_s: float = 0.0
     poll_timeout_s: float = 0.5
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9101

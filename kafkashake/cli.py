@@ -16,6 +16,7 @@ import typer
 
 from kafkashake import config_file
 from oplog import position
+from oplog.namespaces import NamespaceFilter, NamespaceMap
 from runtime import kafka_config, logs, secrets
 from runtime.errors import EXIT_FATAL, FatalError
 from runtime.shutdown import ShutdownFlag
@@ -135,6 +136,26 @@ class BeforeChange(str, enum.Enum):
 class OnHistoryLost(str, enum.Enum):
     FAIL = "fail"
     RESTART_AT_NOW = "restart-at-now"
+
+
+class ConflictTarget(str, enum.Enum):
+    NONE = "none"
+    DB = "db"
+
+
+FilterWhite = Annotated[str, typer.Option("--filter-namespace-white", help="Only these namespaces: 'db' or 'db.coll', "
+                                          "separated by ';' (also inside transactions).",
+                                          envvar=env("filter_namespace_white"), show_envvar=True)]
+FilterBlack = Annotated[str, typer.Option("--filter-namespace-black", help="All namespaces but these: 'db' or "
+                                          "'db.coll', separated by ';'.", envvar=env("filter_namespace_black"),
+                                          show_envvar=True)]
+
+
+def _namespace_filter(white: str, black: str) -> NamespaceFilter:
+    try:
+        return NamespaceFilter.parse(white, black)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="'--filter-namespace-white'") from exc
 
 
 class Compression(str, enum.Enum):
@@ -283,6 +304,8 @@ def producer_run(
     show_expanded_events: Annotated[bool, typer.Option("--show-expanded-events", help="change_stream: also DDL events "
                                                        "(create, createIndexes, dropIndexes, modify, shardCollection).",
                                                        envvar=env("show_expanded_events"), show_envvar=True)] = False,
+    filter_namespace_white: FilterWhite = "",
+    filter_namespace_black: FilterBlack = "",
     on_history_lost: Annotated[OnHistoryLost, typer.Option("--on-history-lost", help="change_stream: when the resume "
                                                            "point is gone, fail (exit 3) or restart-at-now (the gap "
                                                            "is logged, counted and published as an event).",
@@ -341,6 +364,7 @@ def producer_run(
         watch=WatchSettings(watch_db, watch_coll, full_document.value, full_document_before_change.value,
                             show_expanded_events, on_history_lost.value),
         start_position=start_position, checkpoint_uri=checkpoint_uri, checkpoint_db=checkpoint_db,
+        namespaces=_namespace_filter(filter_namespace_white, filter_namespace_black),
         partitions=partitions, partition_by=partition_by, kafka_properties=_kafka_properties(kafka_property),
         metrics_host=metrics_host, metrics_port=metrics_port,
     )
@@ -370,6 +394,30 @@ def consumer_run(
     ddl: Annotated[bool, typer.Option("--ddl", help="Apply DDL events (create, drop, rename, dropDatabase, "
                                       "createIndexes, dropIndexes, collMod/modify); without it they are passed over "
                                       "and counted.", envvar=env("ddl"), show_envvar=True)] = False,
+    target_delay: Annotated[float, typer.Option("--target-delay", min=0, help="Seconds: apply no event before its "
+                                                "source time plus this (incr_sync.target_delay). Checked per event; "
+                                                "the backlog waits in Kafka.", envvar=env("target_delay"),
+                                                show_envvar=True)] = 0.0,
+    upsert: Annotated[bool, typer.Option("--upsert", help="An update whose document is missing creates what an upsert "
+                                         "of it would (incr_sync.executor.upsert); otherwise it is a conflict.",
+                                         envvar=env("upsert"), show_envvar=True)] = False,
+    insert_on_dup_update: Annotated[bool, typer.Option("--insert-on-dup-update", help="An insert whose _id exists "
+                                                       "replaces that document with the inserted one "
+                                                       "(insert_on_dup_update); otherwise it is a conflict.",
+                                                       envvar=env("insert_on_dup_update"), show_envvar=True)] = False,
+    conflict_write_to: Annotated[ConflictTarget, typer.Option("--conflict-write-to", help="none: count and log "
+                                                              "conflicts; db: also record each one, with the whole "
+                                                              "event, in --conflict-db.<source namespace>.",
+                                                              envvar=env("conflict_write_to"),
+                                                              show_envvar=True)] = ConflictTarget.NONE,
+    conflict_db: Annotated[str, typer.Option("--conflict-db", help="Destination database for conflict records.",
+                                             envvar=env("conflict_db"), show_envvar=True)] = "kafkashake_conflict",
+    filter_namespace_white: FilterWhite = "",
+    filter_namespace_black: FilterBlack = "",
+    transform_namespace: Annotated[str, typer.Option("--transform-namespace", help="Rename on apply: "
+                                                     "'fromDb.fromColl:toDb.toColl;fromDb2:toDb2' (also DDL targets and "
+                                                     "transaction operations).", envvar=env("transform_namespace"),
+                                                     show_envvar=True)] = "",
     kafka_property: KafkaProperty = None,
     metrics_host: MetricsHost = "127.0.0.1",
     metrics_port: Annotated[int, typer.Option("--metrics-port", min=0, max=65535, help="Port of /metrics (0: any free port).",
@@ -384,13 +432,22 @@ def consumer_run(
     undecodable message or an event the destination rejects for good); 2 invalid configuration."""
     if (topic is None) == (topic_pattern is None):
         raise typer.BadParameter("give exactly one of --topic and --topic-pattern", param_hint="'--topic'")
+    from consumer.applier import ReplayPolicy
     from consumer.run import ConsumerRun
     from consumer.settings import ConsumerSettings
+
+    try:
+        transform = NamespaceMap.parse(transform_namespace)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="'--transform-namespace'") from exc
+    policy = ReplayPolicy(upsert, insert_on_dup_update, ddl,
+                          _namespace_filter(filter_namespace_white, filter_namespace_black), transform)
 
     settings = ConsumerSettings(
         brokers=brokers, topic=topic or "", topic_pattern=topic_pattern or "", dest_uri=dest_uri, group=group or "",
         checkpoint_db=checkpoint_db, kafka_properties=_kafka_properties(kafka_property),
-        batch_max_messages=batch_max_messages, ddl=ddl, metrics_host=metrics_host, metrics_port=metrics_port,
+        batch_max_messages=batch_max_messages, policy=policy, conflict_write_to=conflict_write_to.value,
+        conflict_db=conflict_db, target_delay_s=target_delay, metrics_host=metrics_host, metrics_port=metrics_port,
     )
     _run_process("consumer", log_format, log_level, lambda shutdown: ConsumerRun(settings, shutdown).run())
 

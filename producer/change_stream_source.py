@@ -22,6 +22,7 @@ from pymongo.errors import OperationFailure
 
 from oplog import position
 from oplog.entry import SYSTEM_DATABASES, Operation, transaction_id
+from oplog.namespaces import NamespaceFilter
 from producer.checkpoint import Checkpoint
 from producer.metrics import ProducerMetrics
 from runtime.errors import ConfigurationError, FatalError, PositionLostError
@@ -79,10 +80,11 @@ def to_operation(event: Mapping[str, Any], value: bytes) -> Operation:
 
 class ChangeStreamSource:
     def __init__(self, client: MongoClient, watch: WatchSettings, private_databases: frozenset[str],
-                 metrics: ProducerMetrics) -> None:
+                 metrics: ProducerMetrics, namespaces: NamespaceFilter = NamespaceFilter()) -> None:
         self._client = client
         self._watch = watch
-        self._pipeline = [namespace_filter(private_databases)]
+        user_filter = namespaces.server_match()
+        self._pipeline = [namespace_filter(private_databases)] + ([user_filter] if user_filter else [])
         self._metrics = metrics
         self._split_supported: bool | None = None
         self._pending: deque[ResumeSlot] = deque()

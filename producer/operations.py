@@ -8,14 +8,16 @@ from bson.raw_bson import RawBSONDocument
 from bson.timestamp import Timestamp
 
 from oplog.entry import CRUD_OPS, Operation, encode_operation, is_internal_namespace, is_migration, operation_from
+from oplog.namespaces import NamespaceFilter
 from oplog.transactions import TransactionAssembler, is_transaction_command
 
 
 class OperationExtractor:
     """Decides per entry what to publish. Counts what it passes over, by reason."""
 
-    def __init__(self, private_databases: frozenset[str]) -> None:
+    def __init__(self, private_databases: frozenset[str], namespaces: NamespaceFilter = NamespaceFilter()) -> None:
         self._private = private_databases
+        self._namespaces = namespaces
         self._transactions = TransactionAssembler()
         self.skipped: dict[str, int] = {}
 
@@ -35,6 +37,8 @@ class OperationExtractor:
             return "migration"
         if is_internal_namespace(entry.get("ns", ""), self._private):
             return "internal_namespace"
+        if self._namespaces and not self._namespaces.allows(entry["ns"]):
+            return "namespace_filter"
         return None
 
     def extract(self, entry: RawBSONDocument) -> list[Operation]:

@@ -55,10 +55,11 @@ class ProducerRun:
         self.source: Source
         if settings.fetch_method == "change_stream":
             raw_client = mongo.connect(settings.source_uri, "kafkashake-producer", document_class=RawBSONDocument)
-            self.source = ChangeStreamSource(raw_client, settings.watch, settings.private_databases, self.metrics)
+            self.source = ChangeStreamSource(raw_client, settings.watch, settings.private_databases, self.metrics,
+                                             settings.namespaces)
         else:
-            self.source = OplogSource(OplogReader(self.source_client), OperationExtractor(settings.private_databases),
-                                      self.metrics)
+            extractor = OperationExtractor(settings.private_databases, settings.namespaces)
+            self.source = OplogSource(OplogReader(self.source_client), extractor, self.metrics)
         self._window_checked_at = 0.0
 
     def _call(self, action: Callable[[], Any], what: str) -> Any:

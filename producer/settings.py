@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from oplog.namespaces import NamespaceFilter
 from producer.change_stream_source import WatchSettings
 from producer.publisher import Encoding
 from schemas.partitioning import PartitionBy
@@ -17,6 +18,7 @@ class ProducerSettings:
     encoding: Encoding = field(default_factory=Encoding)
     compression: str = "none"
     fetch_method: str = "oplog"
+    namespaces: NamespaceFilter = NamespaceFilter()
     watch: WatchSettings = field(default_factory=WatchSettings)
     start_position: str = "latest"
     checkpoint_uri: str | None = None

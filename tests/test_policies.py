@@ -1,0 +1,137 @@
+"""Replay policies end to end: conflicts (default, --upsert, --insert-on-dup-update, --conflict-write-to db),
+--target-delay per event, namespace filters and transforms, and replaying a whole topic twice."""
+from __future__ import annotations
+
+import datetime as dt
+import time
+
+import pytest
+
+from conftest import FAST_GROUP, client, unique, wait_until
+from kafkashake import embedded, workload
+from test_pipeline import wait_equal
+
+pytestmark = pytest.mark.e2e
+
+
+def producer_args(source, brokers: str, topic: str, *extra: str) -> list[str]:
+    return ["producer", "run", "--source-uri", embedded.mongo_uri(source), "--brokers", brokers, "--topic", topic,
+            "--metrics-port", "0", *extra]
+
+
+def consumer_args(destination, brokers: str, topic: str, *extra: str) -> list[str]:
+    return ["consumer", "run", "--dest-uri", embedded.mongo_uri(destination), "--brokers", brokers, "--topic", topic,
+            "--metrics-port", "0", *FAST_GROUP, *extra]
+
+
+def test_conflict_policies(stack, source, destination, brokers, cli) -> None:
+    src = client(source)
+    src["shop"]["items"].insert_one({"_id": 2, "x": 1})  # before the producer starts: never replicated
+    other = stack.start_mongo(unique("dest-upsert"))
+    try:
+        destinations = {"plain": destination, "policies": other}
+        for target in destinations.values():
+            items = client(target)["shop"]["items"]
+            items.create_index("email", unique=True, name="email_unique")
+            items.insert_many([{"_id": 1, "stale": True, "a": 0, "email": "old"}, {"_id": 50, "email": "taken"}])
+        topic = unique("conflicts")
+        producer = cli(*producer_args(source, brokers, topic), name="producer").start()
+        wait_until(lambda: src["kafkashake"]["checkpoint"].find_one() is not None, 30, "first checkpoint")
+        plain = cli(*consumer_args(destination, brokers, topic, "--conflict-write-to", "db"), name="plain").start()
+        policies = cli(*consumer_args(other, brokers, topic, "--group", unique("g"), "--upsert", "--insert-on-dup-update",
+                                      "--conflict-write-to", "db", "--conflict-db", "repairs"), name="policies").start()
+        src["shop"]["items"].insert_one({"_id": 1, "a": 1, "email": "one"})     # duplicate _id at the destination
+        src["shop"]["items"].update_one({"_id": 2}, {"$set": {"y": 2}})          # document missing at the destination
+        src["shop"]["items"].insert_one({"_id": 3, "email": "taken"})            # duplicate on another unique index
+        src["shop"]["items"].insert_one({"_id": 4, "ok": True, "email": "four"})  # no conflict: applied
+        for target in destinations.values():
+            wait_until(lambda t=target: client(t)["shop"]["items"].find_one({"_id": 4}) is not None, 60, "replayed")
+
+        plain_items = client(destination)["shop"]["items"]
+        assert plain_items.find_one({"_id": 1}) == {"_id": 1, "stale": True, "a": 0, "email": "old"}, "left as it is"
+        assert plain_items.find_one({"_id": 2}) is None and plain_items.find_one({"_id": 3}) is None
+        records = list(client(destination)["kafkashake_conflict"]["shop.items"].find())
+        assert sorted(r["kind"] for r in records) == ["duplicate_key", "duplicate_key", "update_missing"]
+        for record in records:
+            assert record["ns"] == "shop.items" and record["event"]["ns"] == "shop.items"
+            assert record["kafka"]["topic"] == topic and record["kafka"]["offset"] >= 0
+            assert record["ts"] is not None and record["recorded_at"] is not None
+        assert {r["index"] for r in records if r["kind"] == "duplicate_key"} == {"_id_", "email_unique"}
+        assert all(r["code"] == 11000 for r in records if r["kind"] == "duplicate_key")
+
+        policy_items = client(other)["shop"]["items"]
+        assert policy_items.find_one({"_id": 1}) == {"_id": 1, "a": 1, "email": "one"}, "replaced whole: stale gone"
+        assert policy_items.find_one({"_id": 2}) == {"_id": 2, "y": 2}, "what an upsert of the update creates"
+        assert policy_items.find_one({"_id": 3}) is None
+        [secondary] = list(client(other)["repairs"]["shop.items"].find())
+        assert secondary["kind"] == "duplicate_key" and secondary["index"] == "email_unique"
+        for process in (producer, plain, policies):
+            assert process.terminate() == 0
+    finally:
+        other.stop()
+
+
+def test_target_delay_holds_every_event_until_due(source, destination, brokers, cli) -> None:
+    delay = 3.0
+    topic = unique("delay")
+    src, dst = client(source), client(destination)
+    producer = cli(*producer_args(source, brokers, topic, "--format", "raw"), name="producer").start()
+    consumer = cli(*consumer_args(destination, brokers, topic, "--target-delay", str(delay)), name="consumer").start()
+    wait_until(lambda: src["kafkashake"]["checkpoint"].find_one() is not None, 30, "first checkpoint")
+    time.sleep(4)  # let the consumer join before the burst
+    for i in range(30):
+        src["shop"]["burst"].insert_one({"_id": i})
+        time.sleep(0.05)
+    written = {e["o"]["_id"]: e["wall"].replace(tzinfo=dt.timezone.utc).timestamp()
+               for e in src["local"]["oplog.rs"].find({"ns": "shop.burst"})}
+    seen: dict[int, float] = {}
+    deadline = time.time() + 30
+    while len(seen) < 30 and time.time() < deadline:
+        now = time.time()
+        for document in dst["shop"]["burst"].find({"_id": {"$nin": list(seen)}}):
+            seen[document["_id"]] = now
+        time.sleep(0.05)
+    assert len(seen) == 30
+    early = {i: seen[i] - written[i] for i in seen if seen[i] < written[i] + delay}
+    assert not early, f"applied before source time + delay: {early}"
+    late = {i: seen[i] - written[i] for i in seen if seen[i] > written[i] + delay + 2.0}
+    assert not late, f"applied long after it was due: {late}"
+    assert producer.terminate() == 0 and consumer.terminate() == 0
+
+
+def test_namespace_filters_and_transforms(source, destination, brokers, cli) -> None:
+    topic = unique("ns")
+    src, dst = client(source), client(destination)
+    producer = cli(*producer_args(source, brokers, topic, "--filter-namespace-black", "shop.secret"),
+                   name="producer").start()
+    consumer = cli(*consumer_args(destination, brokers, topic, "--filter-namespace-white", "shop",
+                                  "--transform-namespace", "shop.items:archive.items_copy;shop:mirror"),
+                   name="consumer").start()
+    wait_until(lambda: src["kafkashake"]["checkpoint"].find_one() is not None, 30, "first checkpoint")
+    src["shop"]["items"].insert_many([{"_id": i, "v": i} for i in range(10)])
+    src["shop"]["other"].insert_many([{"_id": i} for i in range(5)])
+    src["elsewhere"]["c"].insert_one({"_id": 1})
+    with src.start_session() as session, session.start_transaction():
+        src["shop"]["secret"].insert_one({"_id": "s"}, session=session)
+        src["shop"]["items"].update_one({"_id": 1}, {"$set": {"v": 100}}, session=session)
+        src["elsewhere"]["c"].insert_one({"_id": 2}, session=session)
+    wait_until(lambda: (dst["archive"]["items_copy"].find_one({"_id": 1}) or {}).get("v") == 100, 60, "replayed")
+    assert list(dst["archive"]["items_copy"].find().sort("_id")) == list(src["shop"]["items"].find().sort("_id"))
+    wait_until(lambda: dst["mirror"]["other"].count_documents({}) == 5, 30, "db rename")
+    assert "shop" not in dst.list_database_names() and "elsewhere" not in dst.list_database_names()
+    assert dst["mirror"]["secret"].count_documents({}) == 0
+    assert producer.terminate() == 0 and consumer.terminate() == 0
+
+
+def test_replaying_a_whole_topic_twice_gives_the_same_state(source, destination, brokers, cli) -> None:
+    topic = unique("twice")
+    producer = cli(*producer_args(source, brokers, topic, "--start-position", "earliest"), name="producer").start()
+    workload.run_workload(client(source)["shop"], 400, seed=9)
+    first = cli(*consumer_args(destination, brokers, topic, "--group", unique("first")), name="first").start()
+    wait_equal(source, destination, "shop")
+    assert first.terminate() == 0
+    second = cli(*consumer_args(destination, brokers, topic, "--group", unique("second")), name="second").start()
+    wait_until(lambda: "partition assigned" in second.log(), 60, "second replay from offset 0 joined")
+    time.sleep(8)
+    wait_equal(source, destination, "shop")
+    assert second.terminate() == 0 and producer.terminate() == 0
