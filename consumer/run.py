@@ -11,6 +11,7 @@ from consumer.applier import Applier
 from consumer.checkpoint import ConsumerCheckpointStore, PartitionPosition
 from consumer.conflicts import Conflict, ConflictRecorder, describe
 from consumer.delay import DelayGate, source_time
+from consumer.exit_point import ExitPoint
 from consumer.decoder import Event, UndecodableMessage, decode_message
 from consumer.metrics import ConsumerMetrics
 from consumer.settings import ConsumerSettings
@@ -26,7 +27,7 @@ CONSUMER_DEFAULTS: dict[str, Any] = {
     "enable.auto.commit": False,
     "enable.auto.offset.store": False,
     "auto.offset.reset": "earliest",
-    "enable.partition.eof": False,
+    "enable.partition.eof": True,
     # Notice topics created after start (per-namespace topics, --topic-pattern) within seconds, not 5 minutes.
     "topic.metadata.refresh.interval.ms": 5000,
 }
@@ -47,6 +48,7 @@ class ConsumerRun:
         self.recorder = (ConflictRecorder(self.destination, settings.conflict_db)
                          if settings.conflict_write_to == "db" else None)
         self.delay = DelayGate(settings.target_delay_s)
+        self.exit_point = ExitPoint(settings.exit_at) if settings.exit_at is not None else None
         self.metrics.delay.set(settings.target_delay_s)
         config = kafka_config.client_config(
             settings.brokers, {**CONSUMER_DEFAULTS, "group.id": settings.group_id}, settings.kafka_properties
@@ -95,9 +97,20 @@ class ConsumerRun:
                 messages = self.consumer.consume(settings.batch_max_messages, timeout)
                 if messages:
                     self._handle(messages)
+                if self.exit_point is not None and self._exit_point_reached():
+                    break
         finally:
             self.consumer.close()
             log.info("consumer stopped")
+
+    def _exit_point_reached(self) -> bool:
+        assert self.exit_point is not None
+        assigned = [(tp.topic, tp.partition) for tp in self.consumer.assignment()]
+        if not self.exit_point.finished(assigned):
+            return False
+        log.info("exit point reached: every event at or before it is applied and committed",
+                 extra={"exit_at": f"{self.exit_point.exit_at.time},{self.exit_point.exit_at.inc}"})
+        return True
 
     def _resume_due_partitions(self) -> None:
         due = self.delay.release_due()
@@ -113,6 +126,8 @@ class ConsumerRun:
             error = message.error()
             if error is not None:
                 if error.code() == KafkaError._PARTITION_EOF:
+                    if self.exit_point is not None:
+                        self.exit_point.reached_end((message.topic(), message.partition()))
                     continue
                 if error.fatal() or error.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED:
                     raise FatalError(f"Kafka consumer error: {error}. Check the topic name and the ACLs")
@@ -128,18 +143,22 @@ class ConsumerRun:
                 ) from exc
             if (topic, partition) in held:
                 continue  # rewound: comes back once the partition is resumed
+            if self.exit_point is not None:
+                self.exit_point.received((topic, partition))
+                if any(self.exit_point.is_past(event.fields.get("ts")) for event in decoded):
+                    self._hold_back(topic, partition, offset, held)
+                    self.exit_point.passed((topic, partition))
+                    continue
             newest = max((source_time(event.fields) for event in decoded), default=0.0)
             if not self.delay.is_due(newest):
-                self.consumer.seek(TopicPartition(topic, partition, offset))
-                self.consumer.pause([TopicPartition(topic, partition)])
+                self._hold_back(topic, partition, offset, held)
                 self.delay.hold((topic, partition), newest)
-                held.add((topic, partition))
                 self.metrics.partitions_paused.set(len(self.delay.paused))
                 continue
             events.extend(decoded)
             ts = decoded[-1].fields.get("ts") if decoded else None
             positions[(topic, partition)] = PartitionPosition(topic, partition, offset, ts)
-        self.metrics.messages_consumed.inc(len(messages))
+        self.metrics.messages_consumed.inc(sum(1 for message in messages if message.error() is None))
         if not positions:
             return
         started = time.perf_counter()
@@ -156,6 +175,12 @@ class ConsumerRun:
         if newest is not None:
             self.metrics.checkpoint_ts.set(newest.time)
             self.metrics.lag.set(max(0.0, time.time() - newest.time))
+
+    def _hold_back(self, topic: str, partition: int, offset: int, held: set[tuple[str, int]]) -> None:
+        """Leave this message and the rest of its partition unapplied: rewind to it and pause the partition."""
+        self.consumer.seek(TopicPartition(topic, partition, offset))
+        self.consumer.pause([TopicPartition(topic, partition)])
+        held.add((topic, partition))
 
     def _commit(self, positions: list[PartitionPosition]) -> None:
         offsets = [TopicPartition(p.topic, p.partition, p.offset + 1) for p in positions]

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from bson.timestamp import Timestamp
+
 from consumer.applier import ReplayPolicy
 
 
@@ -21,6 +23,7 @@ class ConsumerSettings:
     conflict_write_to: str = "none"
     conflict_db: str = "kafkashake_conflict"
     target_delay_s: float = 0.0
+    exit_at: Timestamp | None = None
     poll_timeout_s: float = 0.5
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9101

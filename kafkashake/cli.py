@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
+from bson.timestamp import Timestamp
 
 from kafkashake import config_file
 from oplog import position
@@ -176,6 +177,30 @@ def _topic_pattern(value: Optional[str]) -> Optional[str]:
     return value if value.startswith("^") else "^" + value
 
 
+def _exit_at(value: Optional[str]) -> Optional[str]:
+    if value is None:
+        return None
+    try:
+        position.parse(value)
+    except ValueError as exc:
+        raise typer.BadParameter(f"{exc}; accepted: an ISO-8601 UTC time or <seconds>,<increment>") from exc
+    return value
+
+
+def _exit_point(value: Optional[str]) -> Optional[Timestamp]:
+    """Everything at or before TIME: an ISO time covers every increment of its second."""
+    if value is None:
+        return None
+    parsed = position.parse(value)
+    return parsed if "," in value else Timestamp(parsed.time, 0xFFFFFFFF)
+
+
+ExitAt = Annotated[Optional[str], typer.Option("--exit-at", help="Stop cleanly (checkpoint, commit, exit 0) once every "
+                                               "event with a source time at or before this ISO-8601 UTC time or "
+                                               "<seconds>,<increment> is done (MongoShake's exit point).",
+                                               envvar=env("exit_at"), show_envvar=True, callback=_exit_at)]
+
+
 def _kafka_properties(values: list[str] | None) -> dict[str, str]:
     try:
         return kafka_config.parse_properties(values or [])
@@ -306,6 +331,7 @@ def producer_run(
                                                        envvar=env("show_expanded_events"), show_envvar=True)] = False,
     filter_namespace_white: FilterWhite = "",
     filter_namespace_black: FilterBlack = "",
+    exit_at: ExitAt = None,
     on_history_lost: Annotated[OnHistoryLost, typer.Option("--on-history-lost", help="change_stream: when the resume "
                                                            "point is gone, fail (exit 3) or restart-at-now (the gap "
                                                            "is logged, counted and published as an event).",
@@ -364,7 +390,7 @@ def producer_run(
         watch=WatchSettings(watch_db, watch_coll, full_document.value, full_document_before_change.value,
                             show_expanded_events, on_history_lost.value),
         start_position=start_position, checkpoint_uri=checkpoint_uri, checkpoint_db=checkpoint_db,
-        namespaces=_namespace_filter(filter_namespace_white, filter_namespace_black),
+        namespaces=_namespace_filter(filter_namespace_white, filter_namespace_black), exit_at=_exit_point(exit_at),
         partitions=partitions, partition_by=partition_by, kafka_properties=_kafka_properties(kafka_property),
         metrics_host=metrics_host, metrics_port=metrics_port,
     )
@@ -414,6 +440,7 @@ def consumer_run(
                                              envvar=env("conflict_db"), show_envvar=True)] = "kafkashake_conflict",
     filter_namespace_white: FilterWhite = "",
     filter_namespace_black: FilterBlack = "",
+    exit_at: ExitAt = None,
     transform_namespace: Annotated[str, typer.Option("--transform-namespace", help="Rename on apply: "
                                                      "'fromDb.fromColl:toDb.toColl;fromDb2:toDb2' (also DDL targets and "
                                                      "transaction operations).", envvar=env("transform_namespace"),
@@ -447,7 +474,8 @@ def consumer_run(
         brokers=brokers, topic=topic or "", topic_pattern=topic_pattern or "", dest_uri=dest_uri, group=group or "",
         checkpoint_db=checkpoint_db, kafka_properties=_kafka_properties(kafka_property),
         batch_max_messages=batch_max_messages, policy=policy, conflict_write_to=conflict_write_to.value,
-        conflict_db=conflict_db, target_delay_s=target_delay, metrics_host=metrics_host, metrics_port=metrics_port,
+        conflict_db=conflict_db, target_delay_s=target_delay, exit_at=_exit_point(exit_at), metrics_host=metrics_host,
+        metrics_port=metrics_port,
     )
     _run_process("consumer", log_format, log_level, lambda shutdown: ConsumerRun(settings, shutdown).run())
 

@@ -259,6 +259,12 @@ class ChangeStreamSource:
             self._safe = self._checkpoint(self._safe.ts, self._idle_token)
         return self._safe
 
+    def read_position(self) -> Timestamp:
+        """The newest position read so far; on a quiet stream, the server's cluster time."""
+        if self._idle_token is not None or self._read_ts is None:
+            return self._cluster_time()
+        return self._read_ts
+
     def lag_seconds(self) -> float:
         if self._read_ts is None or self._safe is None:
             return 0.0

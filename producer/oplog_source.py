@@ -81,6 +81,10 @@ class OplogSource:
     def safe_checkpoint(self) -> Checkpoint:
         return Checkpoint(self.tracker.safe_position(self._extractor.hold_below()), None, FETCH_METHOD)
 
+    def read_position(self) -> Timestamp:
+        """The newest position read so far."""
+        return self.tracker.last_read
+
     def lag_seconds(self) -> float:
         newest = self.tracker.newest_acknowledged
         return max(0, self.tracker.last_read.time - newest.time) if newest else 0.0

@@ -37,6 +37,7 @@ class Source(Protocol):
     def acknowledged(self, slot: Any) -> None: ...
     def safe_checkpoint(self) -> Checkpoint: ...
     def lag_seconds(self) -> float: ...
+    def read_position(self) -> Timestamp: ...
     def window(self) -> tuple[Timestamp | None, Timestamp | None]: ...
 
 
@@ -133,7 +134,11 @@ class ProducerRun:
             try:
                 for pending in self.source.changes():
                     for operation, slot in pending or ():
+                        if self._past_exit_point(operation.ts):
+                            return
                         self._publish(publisher, operation, slot)
+                    if pending is None and self._past_exit_point(self.source.read_position()):
+                        return
                     publisher.send_due_batches()
                     publisher.poll(0)
                     backoff.reset()
@@ -154,6 +159,16 @@ class ProducerRun:
                 delay = backoff.next_delay()
                 log.warning("source unavailable, retrying", extra={"error": str(exc), "retry_in_s": round(delay, 2)})
                 self.shutdown.wait(delay)
+
+    def _past_exit_point(self, ts: Timestamp) -> bool:
+        """--exit-at: true once `ts` is beyond the exit point; everything at or before it has been handed over."""
+        exit_at = self.settings.exit_at
+        if exit_at is None or ts <= exit_at:
+            return False
+        log.info("exit point reached: every change at or before it is published",
+                 extra={"exit_at": position.describe(exit_at)})
+        self.shutdown.request()
+        return True
 
     def _publish(self, publisher: Publisher, operation: Operation, slot: Any) -> None:
         handed_at = time.perf_counter()

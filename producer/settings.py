@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from bson.timestamp import Timestamp
+
 from oplog.namespaces import NamespaceFilter
 from producer.change_stream_source import WatchSettings
 from producer.publisher import Encoding
@@ -19,6 +21,7 @@ class ProducerSettings:
     compression: str = "none"
     fetch_method: str = "oplog"
     namespaces: NamespaceFilter = NamespaceFilter()
+    exit_at: Timestamp | None = None
     watch: WatchSettings = field(default_factory=WatchSettings)
     start_position: str = "latest"
     checkpoint_uri: str | None = None

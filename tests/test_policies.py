@@ -9,7 +9,8 @@ import pytest
 
 from conftest import FAST_GROUP, client, unique, wait_until
 from kafkashake import embedded, workload
-from test_pipeline import wait_equal
+from schemas.codec import decode_events
+from test_pipeline import read_topic, wait_equal
 
 pytestmark = pytest.mark.e2e
 
@@ -135,3 +136,32 @@ def test_replaying_a_whole_topic_twice_gives_the_same_state(source, destination,
     time.sleep(8)
     wait_equal(source, destination, "shop")
     assert second.terminate() == 0 and producer.terminate() == 0
+
+
+def test_exit_at_stops_both_processes_after_everything_up_to_it(source, destination, brokers, cli) -> None:
+    topic = unique("exit")
+    src, dst = client(source), client(destination)
+    producer = cli(*producer_args(source, brokers, topic), name="producer").start()
+    wait_until(lambda: src["kafkashake"]["checkpoint"].find_one() is not None, 30, "first checkpoint")
+    src["shop"]["before"].insert_many([{"_id": i} for i in range(40)])
+    time.sleep(1.5)
+    exit_at = dt.datetime.now(tz=dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    time.sleep(2)
+    src["shop"]["after"].insert_many([{"_id": i} for i in range(40)])
+
+    consumer = cli(*consumer_args(destination, brokers, topic, "--exit-at", exit_at), name="consumer").start()
+    assert consumer.wait(90) == 0, consumer.log()
+    assert "exit point reached" in consumer.log()
+    assert dst["shop"]["before"].count_documents({}) == 40
+    assert dst["shop"]["after"].count_documents({}) == 0, "nothing after the exit point is applied"
+
+    bounded_topic = unique("exit-bounded")
+    bounded = cli(*producer_args(source, brokers, bounded_topic, "--name", "bounded", "--start-position",
+                                 "earliest", "--exit-at", exit_at), name="bounded").start()
+    assert bounded.wait(60) == 0, bounded.log()
+    assert "exit point reached" in bounded.log()
+    published = [e for m in read_topic(brokers, bounded_topic) for e in decode_events(m.value())]
+    limit = dt.datetime.strptime(exit_at, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.timezone.utc).timestamp()
+    assert sum(e["ns"] == "shop.before" for e in published) == 40
+    assert all(e["ts"].time <= limit for e in published) and not any(e["ns"] == "shop.after" for e in published)
+    assert producer.terminate() == 0
