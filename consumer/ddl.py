@@ -21,7 +21,22 @@ HARMLESS_ON_REPLAY = {
     "dropIndexes": (NAMESPACE_NOT_FOUND, INDEX_NOT_FOUND),
     "createIndexes": INDEX_ALREADY_EXISTS,
     "renameCollection": (NAMESPACE_NOT_FOUND,),
+    "collMod": (NAMESPACE_NOT_FOUND, INDEX_NOT_FOUND),
 }
+
+
+# Options a client may give createIndexes. Specs logged by servers carry internal fields besides these (`ns` up to
+# 4.2, SecantusDB's `entryFormat`), which createIndexes refuses.
+INDEX_OPTIONS = frozenset({
+    "key", "name", "v", "unique", "sparse", "partialFilterExpression", "expireAfterSeconds", "hidden", "collation",
+    "storageEngine", "weights", "default_language", "language_override", "textIndexVersion",
+    "2dsphereIndexVersion", "bits", "min", "max", "bucketSize", "wildcardProjection", "prepareUnique",
+    "columnstoreProjection", "background",
+})
+
+
+def index_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
+    return {name: value for name, value in spec.items() if name in INDEX_OPTIONS}
 
 
 def command_name(command: Mapping[str, Any]) -> str:
@@ -36,13 +51,9 @@ def _as_server_command(command: Mapping[str, Any]) -> dict[str, Any] | None:
     if name == "create":
         return {k: v for k, v in command.items() if k != "idIndex"}
     if name == "createIndexes" and "indexes" not in command:  # oplog form: one index spec inline
-        spec = {k: v for k, v in command.items() if k not in ("createIndexes", "ns")}
-        return {"createIndexes": command["createIndexes"], "indexes": [spec]}
-    if name == "commitIndexBuild":
-        return {"createIndexes": command["commitIndexBuild"], "indexes": list(command["indexes"])}
-    if name in ("createIndexes",):
-        return {"createIndexes": command["createIndexes"],
-                "indexes": [{k: v for k, v in spec.items() if k != "ns"} for spec in command["indexes"]]}
+        return {"createIndexes": command["createIndexes"], "indexes": [index_spec(command)]}
+    if name in ("createIndexes", "commitIndexBuild"):
+        return {"createIndexes": command[name], "indexes": [index_spec(spec) for spec in command["indexes"]]}
     if name == "dropIndexes":
         return {"dropIndexes": command["dropIndexes"], "index": command.get("index", "*")}
     if name in ("drop", "dropDatabase", "collMod", "renameCollection"):

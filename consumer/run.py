@@ -8,6 +8,7 @@ from typing import Any
 from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from consumer.applier import Applier
+from consumer.barrier import BarrierStore
 from consumer.checkpoint import ConsumerCheckpointStore, PartitionPosition
 from consumer.conflicts import Conflict, ConflictRecorder, describe
 from consumer.delay import DelayGate, source_time
@@ -20,6 +21,7 @@ from runtime.logs import RateLimitedLog
 from runtime.errors import FatalError
 from runtime.retry import retry_transient
 from runtime.shutdown import ShutdownFlag
+from schemas import headers
 
 log = logging.getLogger("kafkashake.consumer")
 
@@ -49,6 +51,8 @@ class ConsumerRun:
                          if settings.conflict_write_to == "db" else None)
         self.delay = DelayGate(settings.target_delay_s)
         self.exit_point = ExitPoint(settings.exit_at) if settings.exit_at is not None else None
+        self.barriers = BarrierStore(self.destination[settings.checkpoint_db]["ddl_barrier"], settings.group_id)
+        self._waiting: dict[tuple[str, int], tuple[str, list[Event]]] = {}
         self.metrics.delay.set(settings.target_delay_s)
         config = kafka_config.client_config(
             settings.brokers, {**CONSUMER_DEFAULTS, "group.id": settings.group_id}, settings.kafka_properties
@@ -82,6 +86,8 @@ class ConsumerRun:
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.delay.forget([(tp.topic, tp.partition) for tp in partitions])
+        for tp in partitions:  # the barrier message is re-read by the partition's next owner
+            self._waiting.pop((tp.topic, tp.partition), None)
         self.metrics.partitions_paused.set(len(self.delay.paused))
 
     def run(self) -> None:
@@ -93,6 +99,7 @@ class ConsumerRun:
         try:
             while not self.shutdown.requested:
                 self._resume_due_partitions()
+                self._pass_applied_barriers()
                 timeout = self.delay.seconds_until_next(settings.poll_timeout_s)
                 messages = self.consumer.consume(settings.batch_max_messages, timeout)
                 if messages:
@@ -122,6 +129,7 @@ class ConsumerRun:
         events: list[Event] = []
         positions: dict[tuple[str, int], PartitionPosition] = {}
         held: set[tuple[str, int]] = set()
+        arrivals: list[tuple[str, str, int, int]] = []
         for message in messages:
             error = message.error()
             if error is not None:
@@ -143,6 +151,16 @@ class ConsumerRun:
                 ) from exc
             if (topic, partition) in held:
                 continue  # rewound: comes back once the partition is resumed
+            barrier = headers.as_dict(message.headers()).get(headers.BARRIER) if self.settings.policy.ddl else None
+            if barrier is not None:
+                if self._call(lambda: self.barriers.is_applied(barrier), "reading a DDL barrier"):
+                    positions[(topic, partition)] = PartitionPosition(topic, partition, offset, decoded[-1].fields.get("ts"))
+                    continue  # applied while this partition waited: move past it
+                self._hold_back(topic, partition, offset, held)
+                partitions = int(headers.as_dict(message.headers()).get(headers.BARRIER_PARTITIONS, "1"))
+                self._waiting[(topic, partition)] = (barrier, decoded)
+                arrivals.append((barrier, topic, partition, partitions))
+                continue
             if self.exit_point is not None:
                 self.exit_point.received((topic, partition))
                 if any(self.exit_point.is_past(event.fields.get("ts")) for event in decoded):
@@ -159,8 +177,30 @@ class ConsumerRun:
             ts = decoded[-1].fields.get("ts") if decoded else None
             positions[(topic, partition)] = PartitionPosition(topic, partition, offset, ts)
         self.metrics.messages_consumed.inc(sum(1 for message in messages if message.error() is None))
-        if not positions:
+        if positions:
+            self._apply(events, positions)
+        for barrier, topic, partition, partitions in arrivals:  # everything before the barrier is applied now
+            self._call(lambda: self.barriers.arrive(barrier, topic, partition, partitions), "recording a DDL arrival")
+            self._apply_barrier_if_complete(barrier, self._waiting[(topic, partition)][1])
+
+    def _apply_barrier_if_complete(self, barrier: str, ddl_events: list[Event]) -> None:
+        if not self._call(lambda: self.barriers.claim(barrier), "claiming a DDL barrier"):
             return
+        report = self._call(lambda: self.applier.apply(ddl_events), "applying DDL")
+        for op, count in report.applied.items():
+            self.metrics.events_applied.labels(op).inc(count)
+        self._call(lambda: self.barriers.mark_applied(barrier), "releasing a DDL barrier")
+        log.info("DDL barrier passed: applied after every partition reached it", extra={"barrier": barrier})
+
+    def _pass_applied_barriers(self) -> None:
+        """Resume partitions whose barrier is applied; they re-read the barrier message and move past it."""
+        for (topic, partition), (barrier, ddl_events) in list(self._waiting.items()):
+            self._apply_barrier_if_complete(barrier, ddl_events)
+            if self._call(lambda: self.barriers.is_applied(barrier), "reading a DDL barrier"):
+                del self._waiting[(topic, partition)]
+                self.consumer.resume([TopicPartition(topic, partition)])
+
+    def _apply(self, events: list[Event], positions: dict[tuple[str, int], PartitionPosition]) -> None:
         started = time.perf_counter()
         report = self._call(lambda: self.applier.apply(events), "applying a batch")
         self.metrics.bulk_write_seconds.observe(time.perf_counter() - started)

@@ -332,6 +332,10 @@ def producer_run(
     filter_namespace_white: FilterWhite = "",
     filter_namespace_black: FilterBlack = "",
     exit_at: ExitAt = None,
+    publish_ddl: Annotated[bool, typer.Option("--ddl", help="oplog: also publish DDL (create, drop, renameCollection, "
+                                              "dropDatabase, createIndexes, dropIndexes, collMod). DDL goes to every "
+                                              "partition as a barrier, so consumers apply it in order.",
+                                              envvar=env("ddl"), show_envvar=True)] = False,
     on_history_lost: Annotated[OnHistoryLost, typer.Option("--on-history-lost", help="change_stream: when the resume "
                                                            "point is gone, fail (exit 3) or restart-at-now (the gap "
                                                            "is logged, counted and published as an event).",
@@ -391,6 +395,7 @@ def producer_run(
                             show_expanded_events, on_history_lost.value),
         start_position=start_position, checkpoint_uri=checkpoint_uri, checkpoint_db=checkpoint_db,
         namespaces=_namespace_filter(filter_namespace_white, filter_namespace_black), exit_at=_exit_point(exit_at),
+        ddl=publish_ddl,
         partitions=partitions, partition_by=partition_by, kafka_properties=_kafka_properties(kafka_property),
         metrics_host=metrics_host, metrics_port=metrics_port,
     )

@@ -12,6 +12,16 @@ import bson
 from bson.timestamp import Timestamp
 
 CRUD_OPS = frozenset({"i", "u", "d"})
+# Oplog commands that change schema, and the change-stream DDL event types.
+DDL_COMMANDS = frozenset({"create", "drop", "renameCollection", "dropDatabase", "createIndexes", "commitIndexBuild",
+                          "dropIndexes", "collMod"})
+CHANGE_STREAM_DDL = frozenset({"create", "drop", "rename", "dropDatabase", "createIndexes", "dropIndexes", "modify",
+                               "shardCollection", "reshardCollection", "refineCollectionShardKey"})
+
+
+def is_ddl(op: str) -> bool:
+    """True for a DDL operation: an oplog command (`c`) or a change-stream DDL event type."""
+    return op == "c" or op in CHANGE_STREAM_DDL
 SYSTEM_DATABASES = frozenset({"local", "config", "admin"})
 
 

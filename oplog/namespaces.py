@@ -91,3 +91,12 @@ class NamespaceMap:
             mapped[name] = new_coll
             return f"{new_db}.$cmd", mapped
         return f"{self.map(db)}.$cmd", mapped
+
+
+def command_target(ns: str, command: Mapping[str, Any]) -> str:
+    """The namespace a command acts on: `db.coll` for collection commands, `db` for database commands."""
+    db = ns.partition(".")[0]
+    target = command.get(next(iter(command)))
+    if isinstance(target, str):
+        return target if "." in target else f"{db}.{target}"
+    return db

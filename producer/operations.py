@@ -7,17 +7,19 @@ from typing import Any
 from bson.raw_bson import RawBSONDocument
 from bson.timestamp import Timestamp
 
-from oplog.entry import CRUD_OPS, Operation, encode_operation, is_internal_namespace, is_migration, operation_from
-from oplog.namespaces import NamespaceFilter
+from oplog.entry import CRUD_OPS, DDL_COMMANDS, Operation, encode_operation, is_internal_namespace, is_migration, operation_from
+from oplog.namespaces import NamespaceFilter, command_target
 from oplog.transactions import TransactionAssembler, is_transaction_command
 
 
 class OperationExtractor:
     """Decides per entry what to publish. Counts what it passes over, by reason."""
 
-    def __init__(self, private_databases: frozenset[str], namespaces: NamespaceFilter = NamespaceFilter()) -> None:
+    def __init__(self, private_databases: frozenset[str], namespaces: NamespaceFilter = NamespaceFilter(),
+                 ddl: bool = False) -> None:
         self._private = private_databases
         self._namespaces = namespaces
+        self._ddl = ddl
         self._transactions = TransactionAssembler()
         self.skipped: dict[str, int] = {}
 
@@ -51,7 +53,22 @@ class OperationExtractor:
                 else:
                     self._skip(reason)
             return operations
+        if entry.get("op") == "c" and self._ddl:
+            return self._command(entry)
         reason = self._wanted(entry)
         if reason is not None:
             return self._skip(reason)
         return [operation_from(entry, entry.raw)]
+
+    def _command(self, entry: RawBSONDocument) -> list[Operation]:
+        """--ddl: schema changes are published (keyed by namespace; the publisher sends them to every partition)."""
+        command = entry["o"]
+        name = next(iter(command))
+        target = command_target(entry["ns"], command)
+        if name not in DDL_COMMANDS:
+            return self._skip("command")
+        if is_internal_namespace(target if "." in target else f"{target}.x", self._private):
+            return self._skip("internal_namespace")
+        if self._namespaces and not self._namespaces.allows(target):
+            return self._skip("namespace_filter")
+        return [Operation(entry["ts"], "c", entry["ns"], None, entry.raw, entry.get("wall"), None)]

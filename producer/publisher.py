@@ -13,11 +13,13 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+import bson
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from oplog import position
-from oplog.entry import Operation
+from oplog.entry import Operation, is_ddl
+from oplog.namespaces import command_target
 from runtime.errors import FatalError
 from schemas import WIRE_VERSION, headers, topics
 from schemas.codec import JsonMode, MessageFormat, encode_json, encode_raw_batch, raw_record
@@ -133,6 +135,9 @@ class Publisher:
             raise FatalError(str(exc)) from exc
 
     def publish(self, operation: Operation, on_acknowledged: Acknowledge) -> None:
+        if is_ddl(operation.op):
+            self._publish_barrier(operation, on_acknowledged)
+            return
         topic = self._topic_for(operation.ns)
         key = message_key(self._partition_by, operation.ns, operation.document_id)
         partitions = self._topics.partitions(topic)
@@ -148,6 +153,43 @@ class Publisher:
         ]
         # librdkafka's murmur2_random partitioner computes the same partition as partition_for, in C.
         self._produce(topic, None, key, value, message_headers, [on_acknowledged], lambda: _describe(operation))
+
+    def _publish_barrier(self, operation: Operation, on_acknowledged: Acknowledge) -> None:
+        """A DDL event goes to every partition of its topic, after everything already queued there."""
+        ns = operation.ns
+        if operation.op == "c":
+            ns = command_target(ns, bson.decode(operation.value)["o"])
+        topic = self._topic_for(ns if "." in ns else f"{ns}.$cmd")
+        partitions = self._topics.partitions(topic)
+        for queued_topic, partition in [key for key in self._batches if key[0] == topic]:
+            self._send_batch(queued_topic, partition)
+        remaining = [partitions]
+
+        def one_copy_acknowledged() -> None:
+            remaining[0] -= 1
+            if remaining[0] == 0:
+                on_acknowledged()
+
+        message_format = self._encoding.message_format
+        if message_format is MessageFormat.RAW:
+            value = encode_raw_batch([raw_record(position.to_int64(operation.ts), operation.op, operation.ns, None,
+                                                 operation.wall, operation.txn, operation.value)],
+                                     self._encoding.avro_codec)
+        elif message_format is MessageFormat.JSON:
+            value = encode_json(operation.value, self._encoding.json_mode)
+        else:
+            value = operation.value
+        barrier = f"{headers.position_text(operation.ts)}:{ns}"
+        message_headers = self._static_headers + [
+            (headers.NAMESPACE, operation.ns.encode()),
+            (headers.OPERATION, operation.op.encode()),
+            (headers.SOURCE_TS, headers.position_text(operation.ts).encode()),
+            (headers.BARRIER, barrier.encode()),
+            (headers.BARRIER_PARTITIONS, str(partitions).encode()),
+        ]
+        for partition in range(partitions):
+            self._produce(topic, partition, ns.encode(), value, message_headers, [one_copy_acknowledged],
+                          lambda: f"the DDL {barrier}")
 
     def _add_to_batch(self, topic: str, partition: int, operation: Operation, on_acknowledged: Acknowledge) -> None:
         batch = self._batches.get((topic, partition))

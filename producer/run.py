@@ -59,7 +59,7 @@ class ProducerRun:
             self.source = ChangeStreamSource(raw_client, settings.watch, settings.private_databases, self.metrics,
                                              settings.namespaces)
         else:
-            extractor = OperationExtractor(settings.private_databases, settings.namespaces)
+            extractor = OperationExtractor(settings.private_databases, settings.namespaces, settings.ddl)
             self.source = OplogSource(OplogReader(self.source_client), extractor, self.metrics)
         self._window_checked_at = 0.0
 

@@ -22,6 +22,7 @@ class ProducerSettings:
     fetch_method: str = "oplog"
     namespaces: NamespaceFilter = NamespaceFilter()
     exit_at: Timestamp | None = None
+    ddl: bool = False
     watch: WatchSettings = field(default_factory=WatchSettings)
     start_position: str = "latest"
     checkpoint_uri: str | None = None

@@ -13,6 +13,10 @@ OPERATION = "kafkashake.op"
 SOURCE_TS = "kafkashake.ts"
 TASK = "kafkashake.task"
 COUNT = "kafkashake.count"
+# DDL barrier: a DDL event is sent to every partition of its topic; each copy names the barrier and how many
+# partitions carry it, so consumers apply it once, after every earlier event of every partition.
+BARRIER = "kafkashake.barrier"
+BARRIER_PARTITIONS = "kafkashake.barrier.partitions"
 MIXED = "*"
 
 

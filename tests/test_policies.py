@@ -165,3 +165,33 @@ def test_exit_at_stops_both_processes_after_everything_up_to_it(source, destinat
     assert sum(e["ns"] == "shop.before" for e in published) == 40
     assert all(e["ts"].time <= limit for e in published) and not any(e["ns"] == "shop.after" for e in published)
     assert producer.terminate() == 0
+
+
+def test_ddl_barrier_orders_ddl_across_partitions_and_two_consumers(source, destination, brokers, cli) -> None:
+    topic = unique("ddl")
+    src, dst = client(source), client(destination)
+    producer = cli(*producer_args(source, brokers, topic, "--ddl"), name="producer").start()
+    group = unique("ddl-group")
+    consumers = [cli(*consumer_args(destination, brokers, topic, "--ddl", "--group", group), name=f"consumer{i}").start()
+                 for i in range(2)]
+    wait_until(lambda: src["kafkashake"]["checkpoint"].find_one() is not None, 30, "first checkpoint")
+    wait_until(lambda: all("partition assigned" in c.log() for c in consumers), 60, "both consumers own partitions")
+    app = src["app"]
+    app["temp"].insert_many([{"_id": i} for i in range(40)])   # spread over every partition
+    app["temp"].drop()                                         # must not be overtaken by any of those inserts
+    app["users"].insert_many([{"_id": i, "email": f"u{i}@x"} for i in range(40)])
+    app["users"].create_index("email", unique=True, name="email_unique")
+    app["users"].insert_many([{"_id": 100 + i, "email": f"late{i}@x"} for i in range(10)])
+    app["old"].insert_many([{"_id": i} for i in range(20)])
+    app["old"].rename("renamed")
+    app["marker"].insert_one({"_id": "done"})
+    wait_until(lambda: dst["app"]["marker"].find_one() is not None, 90, "replay reached the end")
+    wait_until(lambda: dst["app"]["renamed"].count_documents({}) == 20, 60, "rename after its inserts")
+    names = dst["app"].list_collection_names()
+    assert "temp" not in names, "the drop applied after every insert of the collection, in every partition"
+    assert "old" not in names
+    assert "email_unique" in dst["app"]["users"].index_information()
+    assert dst["app"]["users"].count_documents({}) == 50
+    barriers = list(dst["kafkashake"]["ddl_barrier"].find())
+    assert barriers and all(b["state"] == "applied" and len(b["arrived"]) == b["partitions"] == 8 for b in barriers)
+    assert producer.terminate() == 0 and all(c.terminate() == 0 for c in consumers)

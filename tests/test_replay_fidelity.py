@@ -68,3 +68,27 @@ def test_every_real_oplog_entry_is_applied_or_passed_over(shared_mongo) -> None:
     zz = list(mongo[f"{prefix}zz"]["test"].find())
     assert len(zz) == 1 and zz[0]["kick"] == 1.0, "insert applied; update and delete of other _ids are conflicts/no-ops"
     assert mongo[f"{prefix}txntest"]["c"].find_one({"_id": 0}) == {"_id": 0, "x": 1}
+
+
+def test_every_real_ddl_entry_applies_with_ddl(shared_mongo) -> None:
+    from consumer.applier import ReplayPolicy
+
+    entries = [e for e in load_fixture_lines("oplog_entries.jsonl") if e["op"] == "c" and "applyOps" not in e["o"]]
+    mongo = client(shared_mongo)
+    prefix = unique("ddl").replace("-", "_")
+    applier = Applier(mongo, frozenset({"kafkashake"}), policy=ReplayPolicy(ddl=True))
+    applied = passed = 0
+    for offset, entry in enumerate(entries):
+        entry.pop("_fixture")
+        if entry["ns"].startswith("admin."):
+            continue
+        entry["ns"] = f"{prefix}{entry['ns']}"
+        command = entry["o"]
+        if "renameCollection" in command:
+            command["renameCollection"], command["to"] = f"{prefix}{command['renameCollection']}", f"{prefix}{command['to']}"
+        report = applier.apply(decode_message(as_message(entry), "fixtures", 0, offset))
+        applied += report.applied["c"]
+        passed += sum(report.passed_over.values())
+    assert applied >= 15 and applied + passed >= 20
+    indexes = mongo[f"{prefix}commit_index"]["test"].index_information() if "test" in mongo[f"{prefix}commit_index"].list_collection_names() else {}
+    assert all("entryFormat" not in spec and "ns" not in spec for spec in indexes.values())
