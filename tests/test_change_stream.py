@@ -135,10 +135,9 @@ def test_history_lost_restart_at_now_records_the_gap(stack, brokers, cli) -> Non
 def test_ddl_events_apply_with_ddl_and_invalidate_does_not_end_the_stream(source, destination, brokers, cli) -> None:
     topic = unique("cs-ddl")
     src, dst = client(source), client(destination)
-    # Keyed by collection, a collection's DDL shares a partition with its writes and so stays in order; across
-    # partitions (--partition-by id) that order needs the DDL barrier of the replay-policies issue.
-    producer = cli(*producer_args(source, brokers, topic, "--show-expanded-events", "--watch-db", "app",
-                                  "--partition-by", "collection"), name="producer").start()
+    # Writes are spread over partitions by _id; DDL events travel as barriers to every partition.
+    producer = cli(*producer_args(source, brokers, topic, "--show-expanded-events", "--watch-db", "app"),
+                   name="producer").start()
     consumer = cli(*consumer_args(destination, brokers, topic, "--ddl"), name="consumer").start()
     wait_until(lambda: checkpointed(source), 30, "first checkpoint")
     src["app"]["users"].insert_many([{"_id": i, "email": f"u{i}@x"} for i in range(5)])
