@@ -82,6 +82,21 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
+def producer_args(source: embedded.Service, brokers: str, topic: str, *extra: str) -> list[str]:
+    return ["producer", "run", "--source-uri", embedded.mongo_uri(source), "--brokers", brokers, "--topic", topic,
+            "--metrics-port", "0", *extra]
+
+
+def consumer_args(destination: embedded.Service, brokers: str, topic: str, *extra: str) -> list[str]:
+    return ["consumer", "run", "--dest-uri", embedded.mongo_uri(destination), "--brokers", brokers, "--topic", topic,
+            "--metrics-port", "0", *FAST_GROUP, *extra]
+
+
+def checkpointed(source: embedded.Service, task: str | None = None) -> bool:
+    """Whether the producer task (any task if None) has saved its first checkpoint on `source`."""
+    return client(source)["kafkashake"]["checkpoint"].find_one({} if task is None else {"_id": task}) is not None
+
+
 class CliProcess:
     """One `kafkashake` process with its log file; can be killed and started again with the same arguments."""
 

@@ -7,8 +7,9 @@ import time
 
 import pytest
 
-from conftest import FAST_GROUP, client, unique, wait_until
-from kafkashake import embedded, workload
+import conftest
+from conftest import checkpointed, client, consumer_args, unique, wait_until
+from kafkashake import workload
 from schemas.codec import decode_events
 from test_pipeline import read_topic, wait_equal
 
@@ -16,17 +17,7 @@ pytestmark = pytest.mark.e2e
 
 
 def producer_args(source, brokers: str, topic: str, *extra: str) -> list[str]:
-    return ["producer", "run", "--fetch-method", "change_stream", "--source-uri", embedded.mongo_uri(source),
-            "--brokers", brokers, "--topic", topic, "--metrics-port", "0", *extra]
-
-
-def consumer_args(destination, brokers: str, topic: str, *extra: str) -> list[str]:
-    return ["consumer", "run", "--dest-uri", embedded.mongo_uri(destination), "--brokers", brokers, "--topic", topic,
-            "--metrics-port", "0", *FAST_GROUP, *extra]
-
-
-def checkpointed(source, name: str = "kafkashake") -> bool:
-    return client(source)["kafkashake"]["checkpoint"].find_one({"_id": name}) is not None
+    return conftest.producer_args(source, brokers, topic, "--fetch-method", "change_stream", *extra)
 
 
 @pytest.mark.parametrize("message_format", ["raw", "json", "bson"])

@@ -12,7 +12,8 @@ import pytest
 from bson import json_util
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from conftest import FAST_GROUP, client, unique, wait_until
+import conftest
+from conftest import FAST_GROUP, checkpointed, client, consumer_args, unique, wait_until
 from kafkashake import embedded, workload
 from schemas import headers
 from schemas.codec import decode_events, sniff
@@ -22,13 +23,7 @@ pytestmark = pytest.mark.e2e
 
 
 def producer_args(source, brokers: str, topic: str, *extra: str) -> list[str]:
-    return ["producer", "run", "--source-uri", embedded.mongo_uri(source), "--brokers", brokers, "--topic", topic,
-            "--start-position", "earliest", "--metrics-port", "0", *extra]
-
-
-def consumer_args(destination, brokers: str, topic: str, *extra: str) -> list[str]:
-    return ["consumer", "run", "--dest-uri", embedded.mongo_uri(destination), "--brokers", brokers, "--topic", topic,
-            "--metrics-port", "0", *FAST_GROUP, *extra]
+    return conftest.producer_args(source, brokers, topic, "--start-position", "earliest", *extra)
 
 
 def wait_equal(source, destination, db: str, timeout: float = 120) -> None:
@@ -125,8 +120,7 @@ def test_sigterm_checkpoints_and_restart_resumes_exclusively(source, destination
     topic = unique("resume")
     src = client(source)
     producer = cli(*producer_args(source, brokers, topic), name="producer").start()
-    wait_until(lambda: src["kafkashake"]["checkpoint"].find_one({"_id": "kafkashake"}) is not None, 30,
-               "the start position is checkpointed at once")
+    wait_until(lambda: checkpointed(source, "kafkashake"), 30, "the start position is checkpointed at once")
     src["shop"]["items"].insert_many([{"_id": i} for i in range(50)])
     time.sleep(2)
     assert producer.terminate() == 0
@@ -148,7 +142,7 @@ def test_checkpoint_fallen_off_the_oplog_exits_3(stack, brokers, cli) -> None:
         topic = unique("rollover")
         src = client(small)
         producer = cli(*producer_args(small, brokers, topic), name="producer").start()
-        wait_until(lambda: src["kafkashake"]["checkpoint"].find_one() is not None, 30, "first checkpoint")
+        wait_until(lambda: checkpointed(small), 30, "first checkpoint")
         assert producer.terminate() == 0
         # SecantusDB enforces --oplog-max-entries every 1000 oplog writes.
         src["shop"]["items"].insert_many([{"_id": i} for i in range(1200)])

@@ -7,22 +7,12 @@ import time
 
 import pytest
 
-from conftest import FAST_GROUP, client, unique, wait_until
-from kafkashake import embedded, workload
+from conftest import checkpointed, client, consumer_args, producer_args, unique, wait_until
+from kafkashake import workload
 from schemas.codec import decode_events
 from test_pipeline import read_topic, wait_equal
 
 pytestmark = pytest.mark.e2e
-
-
-def producer_args(source, brokers: str, topic: str, *extra: str) -> list[str]:
-    return ["producer", "run", "--source-uri", embedded.mongo_uri(source), "--brokers", brokers, "--topic", topic,
-            "--metrics-port", "0", *extra]
-
-
-def consumer_args(destination, brokers: str, topic: str, *extra: str) -> list[str]:
-    return ["consumer", "run", "--dest-uri", embedded.mongo_uri(destination), "--brokers", brokers, "--topic", topic,
-            "--metrics-port", "0", *FAST_GROUP, *extra]
 
 
 def test_conflict_policies(stack, source, destination, brokers, cli) -> None:
@@ -37,7 +27,7 @@ def test_conflict_policies(stack, source, destination, brokers, cli) -> None:
             items.insert_many([{"_id": 1, "stale": True, "a": 0, "email": "old"}, {"_id": 50, "email": "taken"}])
         topic = unique("conflicts")
         producer = cli(*producer_args(source, brokers, topic), name="producer").start()
-        wait_until(lambda: src["kafkashake"]["checkpoint"].find_one() is not None, 30, "first checkpoint")
+        wait_until(lambda: checkpointed(source), 30, "first checkpoint")
         plain = cli(*consumer_args(destination, brokers, topic, "--conflict-write-to", "db"), name="plain").start()
         policies = cli(*consumer_args(other, brokers, topic, "--group", unique("g"), "--upsert", "--insert-on-dup-update",
                                       "--conflict-write-to", "db", "--conflict-db", "repairs"), name="policies").start()
@@ -78,7 +68,7 @@ def test_target_delay_holds_every_event_until_due(source, destination, brokers, 
     src, dst = client(source), client(destination)
     producer = cli(*producer_args(source, brokers, topic, "--format", "raw"), name="producer").start()
     consumer = cli(*consumer_args(destination, brokers, topic, "--target-delay", str(delay)), name="consumer").start()
-    wait_until(lambda: src["kafkashake"]["checkpoint"].find_one() is not None, 30, "first checkpoint")
+    wait_until(lambda: checkpointed(source), 30, "first checkpoint")
     time.sleep(4)  # let the consumer join before the burst
     for i in range(30):
         src["shop"]["burst"].insert_one({"_id": i})
@@ -108,7 +98,7 @@ def test_namespace_filters_and_transforms(source, destination, brokers, cli) -> 
     consumer = cli(*consumer_args(destination, brokers, topic, "--filter-namespace-white", "shop",
                                   "--transform-namespace", "shop.items:archive.items_copy;shop:mirror"),
                    name="consumer").start()
-    wait_until(lambda: src["kafkashake"]["checkpoint"].find_one() is not None, 30, "first checkpoint")
+    wait_until(lambda: checkpointed(source), 30, "first checkpoint")
     src["shop"]["items"].insert_many([{"_id": i, "v": i} for i in range(10)])
     src["shop"]["other"].insert_many([{"_id": i} for i in range(5)])
     src["elsewhere"]["c"].insert_one({"_id": 1})
@@ -142,7 +132,7 @@ def test_exit_at_stops_both_processes_after_everything_up_to_it(source, destinat
     topic = unique("exit")
     src, dst = client(source), client(destination)
     producer = cli(*producer_args(source, brokers, topic), name="producer").start()
-    wait_until(lambda: src["kafkashake"]["checkpoint"].find_one() is not None, 30, "first checkpoint")
+    wait_until(lambda: checkpointed(source), 30, "first checkpoint")
     src["shop"]["before"].insert_many([{"_id": i} for i in range(40)])
     time.sleep(1.5)
     exit_at = dt.datetime.now(tz=dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -174,7 +164,7 @@ def test_ddl_barrier_orders_ddl_across_partitions_and_two_consumers(source, dest
     group = unique("ddl-group")
     consumers = [cli(*consumer_args(destination, brokers, topic, "--ddl", "--group", group), name=f"consumer{i}").start()
                  for i in range(2)]
-    wait_until(lambda: src["kafkashake"]["checkpoint"].find_one() is not None, 30, "first checkpoint")
+    wait_until(lambda: checkpointed(source), 30, "first checkpoint")
     wait_until(lambda: all("partition assigned" in c.log() for c in consumers), 60, "both consumers own partitions")
     app = src["app"]
     app["temp"].insert_many([{"_id": i} for i in range(40)])   # spread over every partition
