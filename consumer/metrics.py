@@ -23,6 +23,10 @@ class ConsumerMetrics:
             registry=r,
         )
         self.conflicts = Counter("kafkashake_consumer_conflicts", "Conflicts, by kind.", ["kind"], registry=r)
+        self.dead_letters = Counter("kafkashake_consumer_dead_letters", "Messages sent to the dead-letter topic, by "
+                                    "reason.", ["reason"], registry=r)
+        self.kafka_lag = Gauge("kafkashake_consumer_kafka_lag_messages", "Messages between the consumer's position "
+                               "and the partition's end.", ["partition"], registry=r)
         self.lag = Gauge(
             "kafkashake_consumer_lag_seconds", "Now minus the source time of the last applied event.", registry=r
         )

@@ -5,22 +5,25 @@ import logging
 import time
 from typing import Any
 
+from bson.timestamp import Timestamp
 from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from consumer.applier import Applier
 from consumer.barrier import BarrierStore
 from consumer.checkpoint import ConsumerCheckpointStore, PartitionPosition
 from consumer.conflicts import Conflict, ConflictRecorder, describe
+from consumer.decoder import Event, UndecodableMessage, decode_message
 from consumer.delay import DelayGate, source_time
 from consumer.exit_point import ExitPoint
-from consumer.decoder import Event, UndecodableMessage, decode_message
 from consumer.metrics import ConsumerMetrics
 from consumer.settings import ConsumerSettings
-from runtime import kafka_config, metrics_server, mongo
-from runtime.logs import RateLimitedLog
+from runtime import kafka_config, mongo
 from runtime.errors import FatalError
+from runtime.http_api import ProcessEndpoint
+from runtime.logs import RateLimitedLog
 from runtime.retry import retry_transient
 from runtime.shutdown import ShutdownFlag
+from runtime.status import RateMeter, RuntimeControls, counter_totals, describe_position, sanitized
 from schemas import headers
 
 log = logging.getLogger("kafkashake.consumer")
@@ -33,6 +36,8 @@ CONSUMER_DEFAULTS: dict[str, Any] = {
     # Notice topics created after start (per-namespace topics, --topic-pattern) within seconds, not 5 minutes.
     "topic.metadata.refresh.interval.ms": 5000,
 }
+STALL_AFTER_S = 60.0
+KAFKA_LAG_INTERVAL_S = 2.0
 
 
 class ConsumerRun:
@@ -53,6 +58,15 @@ class ConsumerRun:
         self.exit_point = ExitPoint(settings.exit_at) if settings.exit_at is not None else None
         self.barriers = BarrierStore(self.destination[settings.checkpoint_db]["ddl_barrier"], settings.group_id)
         self._waiting: dict[tuple[str, int], tuple[str, list[Event]]] = {}
+        self.controls = RuntimeControls(frozenset({"pause", "resume", "target_delay", "exit_at"}),
+                                        settings.target_delay_s, settings.exit_at)
+        self._all_paused = False
+        self._rates = RateMeter()
+        self._heartbeat: float | None = None
+        self._applied: dict[tuple[str, int], PartitionPosition] = {}
+        self._lag_measured_at = 0.0
+        self.endpoint = ProcessEndpoint(self.metrics.registry, self.status, self.ready, self.controls.apply,
+                                        settings.control_token)
         self.metrics.delay.set(settings.target_delay_s)
         config = kafka_config.client_config(
             settings.brokers, {**CONSUMER_DEFAULTS, "group.id": settings.group_id}, settings.kafka_properties
@@ -92,12 +106,15 @@ class ConsumerRun:
 
     def run(self) -> None:
         settings = self.settings
-        metrics_server.serve(self.metrics.registry, settings.metrics_host, settings.metrics_port)
+        self.endpoint.serve(settings.metrics_host, settings.metrics_port)
         mongo.ensure_reachable(self.destination, "destination", settings.dest_uri, lambda: self.shutdown.requested)
         self.consumer.subscribe(settings.subscription, on_assign=self._on_assign, on_revoke=self._on_revoke)
         log.info("consumer started", extra={"subscription": settings.subscription, "group": settings.group_id})
         try:
             while not self.shutdown.requested:
+                self._heartbeat = time.monotonic()
+                self._follow_controls()
+                self._measure_kafka_lag()
                 self._resume_due_partitions()
                 self._pass_applied_barriers()
                 timeout = self.delay.seconds_until_next(settings.poll_timeout_s)
@@ -110,6 +127,68 @@ class ConsumerRun:
             self.consumer.close()
             log.info("consumer stopped")
 
+    def ready(self) -> tuple[bool, str]:
+        if self._heartbeat is None:
+            return False, "starting"
+        stalled = time.monotonic() - self._heartbeat
+        if stalled > STALL_AFTER_S:
+            return False, f"no progress of the main loop for {stalled:.0f} s"
+        return True, "paused" if self.controls.paused else "replaying"
+
+    def status(self) -> dict[str, Any]:
+        names = ("kafkashake_consumer_messages_consumed", "kafkashake_consumer_events_applied",
+                 "kafkashake_consumer_conflicts", "kafkashake_consumer_dead_letters")
+        totals = counter_totals(self.metrics.registry, names)
+        applied = dict(self._applied)
+        newest = max((p.ts for p in applied.values() if p.ts is not None), default=None)
+        return {
+            "role": "consumer", "group": self.settings.group_id, "subscription": self.settings.subscription,
+            "now": describe_position(Timestamp(int(time.time()), 0)),
+            "positions": {"applied": describe_position(newest),
+                          "partitions": {f"{t}/{p}": {"offset": pos.offset, **(describe_position(pos.ts) or {})}
+                                         for (t, p), pos in sorted(applied.items())}},
+            "lag_seconds": round(time.time() - newest.time, 1) if newest else None,
+            "counters": {name.removeprefix("kafkashake_consumer_"): value for name, value in totals.items()},
+            "rates_per_second": {name.removeprefix("kafkashake_consumer_"): value
+                                 for name, value in self._rates.rates(totals).items()},
+            "paused": self.controls.paused,
+            "partitions_paused": sorted(f"{t}/{p}" for t, p in self.delay.paused),
+            "target_delay": self.controls.target_delay,
+            "exit_at": describe_position(self.controls.exit_at),
+            "config": sanitized(self.settings),
+        }
+
+    def _follow_controls(self) -> None:
+        """Apply /control changes on the main thread, where the Kafka consumer lives."""
+        controls = self.controls
+        if controls.target_delay is not None and controls.target_delay != self.delay.delay_s:
+            self.delay.delay_s = controls.target_delay
+            self.metrics.delay.set(controls.target_delay)
+        current = None if self.exit_point is None else self.exit_point.exit_at
+        if controls.exit_at != current:
+            self.exit_point = None if controls.exit_at is None else ExitPoint(controls.exit_at)
+        if controls.paused and not self._all_paused:
+            self.consumer.pause(self.consumer.assignment())
+            self._all_paused = True
+        elif not controls.paused and self._all_paused:
+            held = set(self.delay.paused) | set(self._waiting)
+            self.consumer.resume([tp for tp in self.consumer.assignment() if (tp.topic, tp.partition) not in held])
+            self._all_paused = False
+
+    def _measure_kafka_lag(self) -> None:
+        now = time.monotonic()
+        if now - self._lag_measured_at < KAFKA_LAG_INTERVAL_S:
+            return
+        self._lag_measured_at = now
+        assignment = self.consumer.assignment()
+        for tp in self.consumer.position(assignment) if assignment else []:
+            try:
+                _low, high = self.consumer.get_watermark_offsets(tp, timeout=1.0)
+            except KafkaException:
+                continue
+            if tp.offset >= 0 and high >= 0:
+                self.metrics.kafka_lag.labels(str(tp.partition)).set(max(0, high - tp.offset))
+
     def _exit_point_reached(self) -> bool:
         assert self.exit_point is not None
         assigned = [(tp.topic, tp.partition) for tp in self.consumer.assignment()]
@@ -120,6 +199,8 @@ class ConsumerRun:
         return True
 
     def _resume_due_partitions(self) -> None:
+        if self.controls.paused:
+            return
         due = self.delay.release_due()
         if due:
             self.consumer.resume([TopicPartition(topic, partition) for topic, partition in due])
@@ -211,6 +292,7 @@ class ConsumerRun:
         checkpointed = list(positions.values())
         self._call(lambda: self.store.save(checkpointed), "saving the consumer checkpoint")
         self._commit(checkpointed)
+        self._applied.update(positions)
         newest = max((p.ts for p in checkpointed if p.ts is not None), default=None)
         if newest is not None:
             self.metrics.checkpoint_ts.set(newest.time)

@@ -24,6 +24,7 @@ class ConsumerSettings:
     conflict_db: str = "kafkashake_conflict"
     target_delay_s: float = 0.0
     exit_at: Timestamp | None = None
+    control_token: str | None = None
     poll_timeout_s: float = 0.5
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9101

@@ -258,6 +258,15 @@ LogFormat = Annotated[
 LogLevel = Annotated[
     LogLevelChoice, typer.Option("--log-level", help="Lowest level logged.", envvar=env("log_level"), show_envvar=True)
 ]
+def _control_token(value: Optional[str]) -> Optional[str]:
+    secrets.register(value)
+    return value
+
+
+ControlToken = Annotated[Optional[str], typer.Option("--control-token", help="Bearer token that POST /control must "
+                                                     "carry; without it /control is refused.",
+                                                     envvar=env("control_token"), show_envvar=True,
+                                                     callback=_control_token)]
 MetricsHost = Annotated[
     str, typer.Option("--metrics-host", help="Address the metrics endpoint binds to.", envvar=env("metrics_host"), show_envvar=True)
 ]
@@ -332,6 +341,7 @@ def producer_run(
     filter_namespace_white: FilterWhite = "",
     filter_namespace_black: FilterBlack = "",
     exit_at: ExitAt = None,
+    control_token: ControlToken = None,
     publish_ddl: Annotated[bool, typer.Option("--ddl", help="oplog: also publish DDL (create, drop, renameCollection, "
                                               "dropDatabase, createIndexes, dropIndexes, collMod). DDL goes to every "
                                               "partition as a barrier, so consumers apply it in order.",
@@ -395,7 +405,7 @@ def producer_run(
                             show_expanded_events, on_history_lost.value),
         start_position=start_position, checkpoint_uri=checkpoint_uri, checkpoint_db=checkpoint_db,
         namespaces=_namespace_filter(filter_namespace_white, filter_namespace_black), exit_at=_exit_point(exit_at),
-        ddl=publish_ddl,
+        ddl=publish_ddl, control_token=control_token,
         partitions=partitions, partition_by=partition_by, kafka_properties=_kafka_properties(kafka_property),
         metrics_host=metrics_host, metrics_port=metrics_port,
     )
@@ -446,6 +456,7 @@ def consumer_run(
     filter_namespace_white: FilterWhite = "",
     filter_namespace_black: FilterBlack = "",
     exit_at: ExitAt = None,
+    control_token: ControlToken = None,
     transform_namespace: Annotated[str, typer.Option("--transform-namespace", help="Rename on apply: "
                                                      "'fromDb.fromColl:toDb.toColl;fromDb2:toDb2' (also DDL targets and "
                                                      "transaction operations).", envvar=env("transform_namespace"),
@@ -479,7 +490,8 @@ def consumer_run(
         brokers=brokers, topic=topic or "", topic_pattern=topic_pattern or "", dest_uri=dest_uri, group=group or "",
         checkpoint_db=checkpoint_db, kafka_properties=_kafka_properties(kafka_property),
         batch_max_messages=batch_max_messages, policy=policy, conflict_write_to=conflict_write_to.value,
-        conflict_db=conflict_db, target_delay_s=target_delay, exit_at=_exit_point(exit_at), metrics_host=metrics_host,
+        conflict_db=conflict_db, target_delay_s=target_delay, exit_at=_exit_point(exit_at), control_token=control_token,
+        metrics_host=metrics_host,
         metrics_port=metrics_port,
     )
     _run_process("consumer", log_format, log_level, lambda shutdown: ConsumerRun(settings, shutdown).run())
@@ -530,6 +542,24 @@ def inspect(
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
+
+
+# -------------------------------------------------------------------------------------------------- status
+
+
+@app.command("status")
+def status(
+    url: Annotated[list[str], typer.Option("--url", help="Base URL of a producer or consumer endpoint, e.g. "
+                                           "http://127.0.0.1:9100 (repeatable).")],
+    once: Annotated[bool, typer.Option("--once", help="Print once and exit (non-zero if a process is unreachable).")] = False,
+) -> None:
+    """Live view of kafkashake processes: positions, rates, lag, pauses, conflicts, refreshed every second."""
+    from kafkashake.status_view import run_status
+
+    try:
+        raise typer.Exit(run_status(url, once))
+    except KeyboardInterrupt:
+        raise typer.Exit(0) from None
 
 
 # ---------------------------------------------------------------------------------------------------- demo

@@ -19,7 +19,9 @@ from producer.oplog_reader import OplogReader
 from producer.oplog_source import OplogSource
 from producer.publisher import PRODUCER_DEFAULTS, Publisher, TopicDirectory
 from producer.settings import ProducerSettings
-from runtime import kafka_config, metrics_server, mongo
+from runtime import kafka_config, mongo
+from runtime.http_api import ProcessEndpoint
+from runtime.status import RateMeter, RuntimeControls, counter_totals, describe_position, sanitized
 from runtime.errors import FatalError
 from runtime.retry import Backoff, is_transient, retry_transient
 from runtime.shutdown import ShutdownFlag
@@ -28,6 +30,7 @@ from schemas import topics
 log = logging.getLogger("kafkashake.producer")
 FLUSH_TIMEOUT_S = 60.0
 WINDOW_REFRESH_S = 10.0
+STALL_AFTER_S = 60.0
 
 
 class Source(Protocol):
@@ -62,6 +65,40 @@ class ProducerRun:
             extractor = OperationExtractor(settings.private_databases, settings.namespaces, settings.ddl)
             self.source = OplogSource(OplogReader(self.source_client), extractor, self.metrics)
         self._window_checked_at = 0.0
+        self.controls = RuntimeControls(frozenset({"pause", "resume", "exit_at"}), exit_at=settings.exit_at)
+        self._rates = RateMeter()
+        self._heartbeat: float | None = None
+        self._saved: Checkpoint | None = None
+        self.endpoint = ProcessEndpoint(self.metrics.registry, self.status, self.ready, self.controls.apply,
+                                        settings.control_token)
+
+    def ready(self) -> tuple[bool, str]:
+        if self._heartbeat is None:
+            return False, "starting"
+        stalled = time.monotonic() - self._heartbeat
+        if stalled > STALL_AFTER_S:
+            return False, f"no progress of the main loop for {stalled:.0f} s"
+        return True, "paused" if self.controls.paused else "streaming"
+
+    def status(self) -> dict[str, Any]:
+        names = ("kafkashake_producer_events_read", "kafkashake_producer_events_filtered",
+                 "kafkashake_producer_events_published", "kafkashake_producer_delivery_errors")
+        totals = counter_totals(self.metrics.registry, names)
+        source = self.source
+        read = source.read_position() if self._heartbeat is not None else None
+        return {
+            "role": "producer", "task": self.settings.name, "fetch_method": self.settings.fetch_method,
+            "now": describe_position(Timestamp(int(time.time()), 0)),
+            "positions": {"read": describe_position(read),
+                          "checkpointed": describe_position(self._saved.ts if self._saved else None)},
+            "lag_seconds": source.lag_seconds() if self._heartbeat is not None else None,
+            "counters": {name.removeprefix("kafkashake_producer_"): value for name, value in totals.items()},
+            "rates_per_second": {name.removeprefix("kafkashake_producer_"): value
+                                 for name, value in self._rates.rates(totals).items()},
+            "paused": self.controls.paused,
+            "exit_at": describe_position(self.controls.exit_at),
+            "config": sanitized(self.settings),
+        }
 
     def _call(self, action: Callable[[], Any], what: str) -> Any:
         return retry_transient(action, what, lambda: self.shutdown.requested)
@@ -97,7 +134,7 @@ class ProducerRun:
 
     def run(self) -> None:
         settings = self.settings
-        metrics_server.serve(self.metrics.registry, settings.metrics_host, settings.metrics_port)
+        self.endpoint.serve(settings.metrics_host, settings.metrics_port)
         stop = lambda: self.shutdown.requested  # noqa: E731
         mongo.ensure_reachable(self.source_client, "source", settings.source_uri, stop)
         if settings.checkpoint_uri:
@@ -119,6 +156,7 @@ class ProducerRun:
                    "format": settings.encoding.message_format.value},
         )
         try:
+            self._heartbeat = time.monotonic()
             self._stream(publisher)
         finally:
             remaining = publisher.flush(FLUSH_TIMEOUT_S)
@@ -133,6 +171,13 @@ class ProducerRun:
         while not self.shutdown.requested:
             try:
                 for pending in self.source.changes():
+                    self._heartbeat = time.monotonic()
+                    while self.controls.paused and not self.shutdown.requested:
+                        publisher.poll(0.2)
+                        self._heartbeat = time.monotonic()
+                        if time.monotonic() - last_save >= self.settings.checkpoint_interval_s:
+                            self._checkpoint()
+                            last_save = time.monotonic()
                     for operation, slot in pending or ():
                         if self._past_exit_point(operation.ts):
                             return
@@ -162,7 +207,7 @@ class ProducerRun:
 
     def _past_exit_point(self, ts: Timestamp) -> bool:
         """--exit-at: true once `ts` is beyond the exit point; everything at or before it has been handed over."""
-        exit_at = self.settings.exit_at
+        exit_at = self.controls.exit_at
         if exit_at is None or ts <= exit_at:
             return False
         log.info("exit point reached: every change at or before it is published",
@@ -184,6 +229,7 @@ class ProducerRun:
     def _checkpoint(self) -> None:
         safe = self.source.safe_checkpoint()
         self._call(lambda: self.store.save(safe), "saving the checkpoint")
+        self._saved = safe
         self.metrics.checkpoint_ts.set(safe.ts.time)
         self.metrics.lag.set(self.source.lag_seconds())
         self._refresh_window(safe.ts)

@@ -23,6 +23,7 @@ class ProducerSettings:
     namespaces: NamespaceFilter = NamespaceFilter()
     exit_at: Timestamp | None = None
     ddl: bool = False
+    control_token: str | None = None
     watch: WatchSettings = field(default_factory=WatchSettings)
     start_position: str = "latest"
     checkpoint_uri: str | None = None

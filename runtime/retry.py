@@ -20,8 +20,9 @@ TRANSIENT_MONGO_ERRORS = (
     mongo_errors.WaitQueueTimeoutError,
 )
 # NotWritablePrimary, InterruptedAtShutdown, InterruptedDueToReplStateChange, PrimarySteppedDown,
-# ShutdownInProgress, HostUnreachable, HostNotFound, NetworkTimeout, SocketException, ExceededTimeLimit...
-TRANSIENT_MONGO_CODES = frozenset({6, 7, 89, 91, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436})
+# ShutdownInProgress, HostUnreachable, HostNotFound, NetworkTimeout, SocketException, ExceededTimeLimit, and
+# CursorNotFound (43: a tailing cursor killed while paused or idle is simply reopened)...
+TRANSIENT_MONGO_CODES = frozenset({6, 7, 43, 89, 91, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436})
 
 
 def is_transient(exc: BaseException) -> bool:

@@ -1,0 +1,111 @@
+"""Pieces of the /status document and the runtime controls both processes share."""
+from __future__ import annotations
+
+import datetime as _dt
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, is_dataclass
+from typing import Any
+
+from bson.timestamp import Timestamp
+from prometheus_client import CollectorRegistry
+
+from oplog import position
+from runtime import kafka_config, secrets
+from runtime.http_api import ControlError
+
+RATE_WINDOW_S = 1.0
+
+
+def describe_position(ts: Timestamp | None) -> dict[str, Any] | None:
+    if ts is None:
+        return None
+    when = _dt.datetime.fromtimestamp(ts.time, tz=_dt.timezone.utc).isoformat().replace("+00:00", "Z")
+    return {"ts": f"{ts.time},{ts.inc}", "time": when}
+
+
+def counter_totals(registry: CollectorRegistry, names: Iterable[str]) -> dict[str, float]:
+    """Totals of the named counters (summed over labels)."""
+    wanted = {f"{name}_total": name for name in names}
+    totals = {name: 0.0 for name in wanted.values()}
+    for family in registry.collect():
+        for sample in family.samples:
+            if sample.name in wanted:
+                totals[wanted[sample.name]] += sample.value
+    return totals
+
+
+class RateMeter:
+    """Per-second rates of counters, measured between samples at least a second apart."""
+
+    def __init__(self) -> None:
+        self._previous: tuple[float, Mapping[str, float]] | None = None
+        self._rates: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def rates(self, totals: Mapping[str, float]) -> dict[str, float]:
+        now = time.monotonic()
+        with self._lock:
+            if self._previous is None:
+                self._previous = (now, dict(totals))
+            elif now - self._previous[0] >= RATE_WINDOW_S:
+                then, before = self._previous
+                self._rates = {name: round((value - before.get(name, 0.0)) / (now - then), 2)
+                               for name, value in totals.items()}
+                self._previous = (now, dict(totals))
+            return dict(self._rates)
+
+
+def sanitized(settings: Any) -> dict[str, Any]:
+    """The configuration with secrets masked: passwords in URIs and secret librdkafka properties."""
+    values = asdict(settings) if is_dataclass(settings) else dict(settings)
+    result: dict[str, Any] = {}
+    for name, value in values.items():
+        if name == "kafka_properties":
+            value = kafka_config.printable(value)
+        elif name == "control_token":
+            value = secrets.MASK if value else None
+        elif isinstance(value, str):
+            value = secrets.redact(value)
+        result[name] = value
+    return result
+
+
+class RuntimeControls:
+    """What /control may change while the process runs; the main loop reads it on every turn."""
+
+    def __init__(self, allowed: frozenset[str], target_delay: float | None = None,
+                 exit_at: Timestamp | None = None) -> None:
+        self._allowed = allowed
+        self._lock = threading.Lock()
+        self.paused = False
+        self.target_delay = target_delay
+        self.exit_at = exit_at
+
+    def apply(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        unknown = set(body) - self._allowed
+        if unknown:
+            raise ControlError(f"unknown controls {sorted(unknown)}; accepted: {sorted(self._allowed)}")
+        with self._lock:
+            if body.get("pause"):
+                self.paused = True
+            if body.get("resume"):
+                self.paused = False
+            if "target_delay" in body:
+                delay = body["target_delay"]
+                if isinstance(delay, bool) or not isinstance(delay, (int, float)) or delay < 0:
+                    raise ControlError("target_delay must be a number of seconds >= 0")
+                self.target_delay = float(delay)
+            if "exit_at" in body:
+                text = body["exit_at"]
+                if text is None:
+                    self.exit_at = None
+                else:
+                    try:
+                        parsed = position.parse(str(text))
+                    except ValueError as exc:
+                        raise ControlError(f"exit_at: {exc}") from exc
+                    self.exit_at = parsed if "," in str(text) else Timestamp(parsed.time, 0xFFFFFFFF)
+            return {"paused": self.paused, "target_delay": self.target_delay,
+                    "exit_at": describe_position(self.exit_at)}
