@@ -1,6 +1,7 @@
 """The consumer's main loop: poll a batch, decode, apply, checkpoint in the destination, commit offsets."""
 from __future__ import annotations
 
+import json
 import logging
 import time
 from typing import Any
@@ -35,9 +36,9 @@ CONSUMER_DEFAULTS: dict[str, Any] = {
     "enable.partition.eof": True,
     # Notice topics created after start (per-namespace topics, --topic-pattern) within seconds, not 5 minutes.
     "topic.metadata.refresh.interval.ms": 5000,
+    "statistics.interval.ms": 5000,
 }
 STALL_AFTER_S = 60.0
-KAFKA_LAG_INTERVAL_S = 2.0
 
 
 class ConsumerRun:
@@ -64,12 +65,12 @@ class ConsumerRun:
         self._rates = RateMeter()
         self._heartbeat: float | None = None
         self._applied: dict[tuple[str, int], PartitionPosition] = {}
-        self._lag_measured_at = 0.0
         self.endpoint = ProcessEndpoint(self.metrics.registry, self.status, self.ready, self.controls.apply,
                                         settings.control_token)
         self.metrics.delay.set(settings.target_delay_s)
         config = kafka_config.client_config(
-            settings.brokers, {**CONSUMER_DEFAULTS, "group.id": settings.group_id}, settings.kafka_properties
+            settings.brokers, {**CONSUMER_DEFAULTS, "group.id": settings.group_id, "stats_cb": self._on_statistics},
+            settings.kafka_properties,
         )
         self.consumer = Consumer(config)
 
@@ -114,7 +115,6 @@ class ConsumerRun:
             while not self.shutdown.requested:
                 self._heartbeat = time.monotonic()
                 self._follow_controls()
-                self._measure_kafka_lag()
                 self._resume_due_partitions()
                 self._pass_applied_barriers()
                 timeout = self.delay.seconds_until_next(settings.poll_timeout_s)
@@ -175,19 +175,17 @@ class ConsumerRun:
             self.consumer.resume([tp for tp in self.consumer.assignment() if (tp.topic, tp.partition) not in held])
             self._all_paused = False
 
-    def _measure_kafka_lag(self) -> None:
-        now = time.monotonic()
-        if now - self._lag_measured_at < KAFKA_LAG_INTERVAL_S:
+    def _on_statistics(self, document: str) -> None:
+        """librdkafka's statistics (every statistics.interval.ms) already hold each partition's lag in messages."""
+        try:
+            topics = json.loads(document).get("topics", {})
+        except ValueError:
             return
-        self._lag_measured_at = now
-        assignment = self.consumer.assignment()
-        for tp in self.consumer.position(assignment) if assignment else []:
-            try:
-                _low, high = self.consumer.get_watermark_offsets(tp, timeout=1.0)
-            except KafkaException:
-                continue
-            if tp.offset >= 0 and high >= 0:
-                self.metrics.kafka_lag.labels(str(tp.partition)).set(max(0, high - tp.offset))
+        for topic in topics.values():
+            for partition, values in topic.get("partitions", {}).items():
+                lag = values.get("consumer_lag", -1)
+                if partition != "-1" and lag >= 0:
+                    self.metrics.kafka_lag.labels(partition).set(lag)
 
     def _exit_point_reached(self) -> bool:
         assert self.exit_point is not None
