@@ -24,7 +24,7 @@ from runtime.http_api import ProcessEndpoint
 from runtime.logs import RateLimitedLog
 from runtime.retry import retry_transient
 from runtime.shutdown import ShutdownFlag
-from runtime.status import RateMeter, RuntimeControls, counter_totals, describe_position, sanitized
+from runtime.status import Liveness, RateMeter, RuntimeControls, counter_totals, describe_position, sanitized
 from schemas import headers
 
 log = logging.getLogger("kafkashake.consumer")
@@ -38,7 +38,6 @@ CONSUMER_DEFAULTS: dict[str, Any] = {
     "topic.metadata.refresh.interval.ms": 5000,
     "statistics.interval.ms": 5000,
 }
-STALL_AFTER_S = 60.0
 
 
 class ConsumerRun:
@@ -63,7 +62,7 @@ class ConsumerRun:
                                         settings.target_delay_s, settings.exit_at)
         self._all_paused = False
         self._rates = RateMeter()
-        self._heartbeat: float | None = None
+        self.liveness = Liveness("replaying")
         self._applied: dict[tuple[str, int], PartitionPosition] = {}
         self.endpoint = ProcessEndpoint(self.metrics.registry, self.status, self.ready, self.controls.apply,
                                         settings.control_token)
@@ -113,7 +112,7 @@ class ConsumerRun:
         log.info("consumer started", extra={"subscription": settings.subscription, "group": settings.group_id})
         try:
             while not self.shutdown.requested:
-                self._heartbeat = time.monotonic()
+                self.liveness.beat()
                 self._follow_controls()
                 self._resume_due_partitions()
                 self._pass_applied_barriers()
@@ -128,12 +127,7 @@ class ConsumerRun:
             log.info("consumer stopped")
 
     def ready(self) -> tuple[bool, str]:
-        if self._heartbeat is None:
-            return False, "starting"
-        stalled = time.monotonic() - self._heartbeat
-        if stalled > STALL_AFTER_S:
-            return False, f"no progress of the main loop for {stalled:.0f} s"
-        return True, "paused" if self.controls.paused else "replaying"
+        return self.liveness.readiness(self.controls.paused)
 
     def status(self) -> dict[str, Any]:
         names = ("kafkashake_consumer_messages_consumed", "kafkashake_consumer_events_applied",

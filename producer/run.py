@@ -21,7 +21,7 @@ from producer.publisher import PRODUCER_DEFAULTS, Publisher, TopicDirectory
 from producer.settings import ProducerSettings
 from runtime import kafka_config, mongo
 from runtime.http_api import ProcessEndpoint
-from runtime.status import RateMeter, RuntimeControls, counter_totals, describe_position, sanitized
+from runtime.status import Liveness, RateMeter, RuntimeControls, counter_totals, describe_position, sanitized
 from runtime.errors import FatalError
 from runtime.retry import Backoff, is_transient, retry_transient
 from runtime.shutdown import ShutdownFlag
@@ -30,7 +30,6 @@ from schemas import topics
 log = logging.getLogger("kafkashake.producer")
 FLUSH_TIMEOUT_S = 60.0
 WINDOW_REFRESH_S = 10.0
-STALL_AFTER_S = 60.0
 
 
 class Source(Protocol):
@@ -67,31 +66,26 @@ class ProducerRun:
         self._window_checked_at = 0.0
         self.controls = RuntimeControls(frozenset({"pause", "resume", "exit_at"}), exit_at=settings.exit_at)
         self._rates = RateMeter()
-        self._heartbeat: float | None = None
+        self.liveness = Liveness("streaming")
         self._saved: Checkpoint | None = None
         self.endpoint = ProcessEndpoint(self.metrics.registry, self.status, self.ready, self.controls.apply,
                                         settings.control_token)
 
     def ready(self) -> tuple[bool, str]:
-        if self._heartbeat is None:
-            return False, "starting"
-        stalled = time.monotonic() - self._heartbeat
-        if stalled > STALL_AFTER_S:
-            return False, f"no progress of the main loop for {stalled:.0f} s"
-        return True, "paused" if self.controls.paused else "streaming"
+        return self.liveness.readiness(self.controls.paused)
 
     def status(self) -> dict[str, Any]:
         names = ("kafkashake_producer_events_read", "kafkashake_producer_events_filtered",
                  "kafkashake_producer_events_published", "kafkashake_producer_delivery_errors")
         totals = counter_totals(self.metrics.registry, names)
         source = self.source
-        read = source.read_position() if self._heartbeat is not None else None
+        read = source.read_position() if self.liveness.started else None
         return {
             "role": "producer", "task": self.settings.name, "fetch_method": self.settings.fetch_method,
             "now": describe_position(Timestamp(int(time.time()), 0)),
             "positions": {"read": describe_position(read),
                           "checkpointed": describe_position(self._saved.ts if self._saved else None)},
-            "lag_seconds": source.lag_seconds() if self._heartbeat is not None else None,
+            "lag_seconds": source.lag_seconds() if self.liveness.started else None,
             "counters": {name.removeprefix("kafkashake_producer_"): value for name, value in totals.items()},
             "rates_per_second": {name.removeprefix("kafkashake_producer_"): value
                                  for name, value in self._rates.rates(totals).items()},
@@ -156,7 +150,7 @@ class ProducerRun:
                    "format": settings.encoding.message_format.value},
         )
         try:
-            self._heartbeat = time.monotonic()
+            self.liveness.beat()
             self._stream(publisher)
         finally:
             remaining = publisher.flush(FLUSH_TIMEOUT_S)
@@ -171,10 +165,10 @@ class ProducerRun:
         while not self.shutdown.requested:
             try:
                 for pending in self.source.changes():
-                    self._heartbeat = time.monotonic()
+                    self.liveness.beat()
                     while self.controls.paused and not self.shutdown.requested:
                         publisher.poll(0.2)
-                        self._heartbeat = time.monotonic()
+                        self.liveness.beat()
                         if time.monotonic() - last_save >= self.settings.checkpoint_interval_s:
                             self._checkpoint()
                             last_save = time.monotonic()

@@ -16,6 +16,30 @@ from runtime import kafka_config, secrets
 from runtime.http_api import ControlError
 
 RATE_WINDOW_S = 1.0
+STALL_AFTER_S = 60.0
+
+
+class Liveness:
+    """/readyz: ready once the main loop runs, and as long as it keeps turning."""
+
+    def __init__(self, running_word: str) -> None:
+        self._running_word = running_word
+        self.last_beat: float | None = None
+
+    def beat(self) -> None:
+        self.last_beat = time.monotonic()
+
+    @property
+    def started(self) -> bool:
+        return self.last_beat is not None
+
+    def readiness(self, paused: bool) -> tuple[bool, str]:
+        if self.last_beat is None:
+            return False, "starting"
+        stalled = time.monotonic() - self.last_beat
+        if stalled > STALL_AFTER_S:
+            return False, f"no progress of the main loop for {stalled:.0f} s"
+        return True, "paused" if paused else self._running_word
 
 
 def describe_position(ts: Timestamp | None) -> dict[str, Any] | None:
