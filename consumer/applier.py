@@ -27,6 +27,7 @@ from oplog.namespaces import NamespaceFilter, NamespaceMap
 from runtime.errors import FatalError
 from runtime.retry import is_transient
 from schemas.codec import EVENT_CODEC_OPTIONS
+from schemas.snapshot import is_snapshot
 
 log = logging.getLogger("kafkashake.consumer.applier")
 
@@ -49,6 +50,7 @@ class ReplayPolicy:
     ddl: bool = False
     namespaces: NamespaceFilter = NamespaceFilter()
     transform: NamespaceMap = NamespaceMap({}, {})
+    drop_existing: bool = False
 
 
 @dataclass
@@ -102,7 +104,7 @@ class Applier:
             if policy.namespaces and not self._allowed(event):
                 report.passed_over["filtered"] += 1
                 continue
-            if op == "c" and policy.ddl and not is_internal_namespace(event.ns, self._private):
+            if op == "c" and (policy.ddl or is_snapshot(event.fields)) and not is_internal_namespace(event.ns, self._private):
                 if run:
                     self._flush(run, report)
                     run = _Run()
@@ -150,6 +152,8 @@ class Applier:
         ns, command = event.ns, event.fields["o"]
         if self._policy.transform:
             ns, command = self._policy.transform.map_command(ns, command)
+        if self._policy.drop_existing and is_snapshot(event.fields) and command_name(command) == "create":
+            self._drop_before_copy(ns, command)
         try:
             applied = apply_command(self._client, ns, command)
         except OperationFailure as exc:
@@ -165,6 +169,14 @@ class Applier:
         else:
             report.passed_over["command"] += 1
 
+    def _drop_before_copy(self, ns: str, command: Mapping[str, Any]) -> None:
+        """--drop-existing: the copy of this collection begins here; every partition waits at this barrier, so
+        none of its copied documents is in the destination yet."""
+        db = ns.partition(".")[0]
+        self._client[db].drop_collection(command["create"])
+        log.warning("--drop-existing: dropped the destination collection before its copy",
+                    extra={"ns": f"{db}.{command['create']}"})
+
     def _flush(self, run: _Run, report: ApplyReport) -> None:
         for ns, writes in run.writes.items():
             collection = self._collection(ns)
@@ -175,8 +187,11 @@ class Applier:
         update_ids = {w.key: w.document_id for w in writes if w.event.op == "u"}
         for w in writes:
             if w.event.op == "i":
-                w.request = InsertOne(w.event.fields["o"])
-                w.replaces_on_duplicate = self._policy.insert_on_dup_update
+                if w.event.converge:
+                    w.request = ReplaceOne({"_id": w.document_id}, w.event.fields["o"], upsert=True)
+                else:
+                    w.request = InsertOne(w.event.fields["o"])
+                    w.replaces_on_duplicate = self._policy.insert_on_dup_update
             elif w.event.op == "d":
                 w.request = DeleteOne({"_id": w.document_id})
         if not update_ids:
@@ -191,6 +206,9 @@ class Applier:
             elif op == "u":
                 current = state.get(w.key, _ABSENT)
                 if current is _ABSENT:
+                    if w.event.converge:  # deleted before the copy read it; its delete follows
+                        report.passed_over["snapshot_overlap"] += 1
+                        continue
                     if not self._policy.upsert:
                         self._conflict(report, Conflict(UPDATE_MISSING, w.event, None,
                                                         "no document matches the update's _id"))

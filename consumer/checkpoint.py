@@ -18,6 +18,8 @@ class PartitionPosition:
     partition: int
     offset: int
     ts: Timestamp | None
+    # Set once the partition passed a snapshot's completion event: changes up to it overlap the copy.
+    snapshot_until: Timestamp | None = None
 
 
 class ConsumerCheckpointStore:
@@ -32,7 +34,8 @@ class ConsumerCheckpointStore:
         document = self._collection.find_one({"_id": self._key(topic, partition)})
         if document is None:
             return None
-        return PartitionPosition(topic, partition, int(document["offset"]), document.get("ts"))
+        return PartitionPosition(topic, partition, int(document["offset"]), document.get("ts"),
+                                 document.get("snapshot_until"))
 
     def save(self, positions: list[PartitionPosition]) -> None:
         if not positions:
@@ -49,6 +52,7 @@ class ConsumerCheckpointStore:
                             "partition": p.partition,
                             "offset": p.offset,
                             "ts": p.ts,
+                            "snapshot_until": p.snapshot_until,
                             "updated_at": now,
                         }
                     },

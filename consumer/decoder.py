@@ -18,6 +18,9 @@ class Event:
     topic: str
     partition: int
     offset: int
+    # Applied as mongod's initial sync applies the oplog over a copy: inserts insert-or-replace, an update of a
+    # missing document is passed over. Snapshot documents, and changes that overlap the copy.
+    converge: bool = False
 
     @property
     def op(self) -> str:

@@ -25,7 +25,7 @@ from runtime.logs import RateLimitedLog
 from runtime.retry import retry_transient
 from runtime.shutdown import ShutdownFlag
 from runtime.status import Liveness, RateMeter, RuntimeControls, counter_totals, describe_position, sanitized
-from schemas import headers
+from schemas import headers, snapshot
 
 log = logging.getLogger("kafkashake.consumer")
 
@@ -64,6 +64,7 @@ class ConsumerRun:
         self._rates = RateMeter()
         self.liveness = Liveness("replaying")
         self._applied: dict[tuple[str, int], PartitionPosition] = {}
+        self._snapshot_until: dict[tuple[str, int], Any] = {}
         self.endpoint = ProcessEndpoint(self.metrics.registry, self.status, self.ready, self.controls.apply,
                                         settings.control_token)
         self.metrics.delay.set(settings.target_delay_s)
@@ -90,6 +91,8 @@ class ConsumerRun:
             resume = kafka_offset if kafka_offset >= 0 else OFFSET_INVALID
             if saved is not None and saved.offset + 1 > resume:
                 resume = saved.offset + 1
+            if saved is not None and saved.snapshot_until is not None:
+                self._snapshot_until[(tp.topic, tp.partition)] = saved.snapshot_until
             tp.offset = resume
             log.info(
                 "partition assigned",
@@ -108,6 +111,9 @@ class ConsumerRun:
         settings = self.settings
         self.endpoint.serve(settings.metrics_host, settings.metrics_port)
         mongo.ensure_reachable(self.destination, "destination", settings.dest_uri, lambda: self.shutdown.requested)
+        if settings.policy.drop_existing:
+            log.warning("--drop-existing is on (it is off by default): each destination collection is dropped when "
+                        "the producer's copy of it begins, and documents that exist only in the destination are lost")
         self.consumer.subscribe(settings.subscription, on_assign=self._on_assign, on_revoke=self._on_revoke)
         log.info("consumer started", extra={"subscription": settings.subscription, "group": settings.group_id})
         try:
@@ -224,13 +230,16 @@ class ConsumerRun:
                 ) from exc
             if (topic, partition) in held:
                 continue  # rewound: comes back once the partition is resumed
-            barrier = headers.as_dict(message.headers()).get(headers.BARRIER) if self.settings.policy.ddl else None
+            message_headers = headers.as_dict(message.headers())
+            follows_barriers = self.settings.policy.ddl or message_headers.get(headers.SNAPSHOT) == "true"
+            barrier = message_headers.get(headers.BARRIER) if follows_barriers else None
             if barrier is not None:
                 if self._call(lambda: self.barriers.is_applied(barrier), "reading a DDL barrier"):
-                    positions[(topic, partition)] = PartitionPosition(topic, partition, offset, decoded[-1].fields.get("ts"))
+                    positions[(topic, partition)] = PartitionPosition(
+                        topic, partition, offset, decoded[-1].fields.get("ts"), self._snapshot_until.get((topic, partition)))
                     continue  # applied while this partition waited: move past it
                 self._hold_back(topic, partition, offset, held)
-                partitions = int(headers.as_dict(message.headers()).get(headers.BARRIER_PARTITIONS, "1"))
+                partitions = int(message_headers.get(headers.BARRIER_PARTITIONS, "1"))
                 self._waiting[(topic, partition)] = (barrier, decoded)
                 arrivals.append((barrier, topic, partition, partitions))
                 continue
@@ -240,7 +249,10 @@ class ConsumerRun:
                     self._hold_back(topic, partition, offset, held)
                     self.exit_point.passed((topic, partition))
                     continue
-            newest = max((source_time(event.fields) for event in decoded), default=0.0)
+            self._mark_convergent(topic, partition, decoded)
+            # --target-delay holds back changes, not the copy of what already existed.
+            newest = max((source_time(event.fields) for event in decoded if not snapshot.is_snapshot(event.fields)),
+                         default=0.0)
             if not self.delay.is_due(newest):
                 self._hold_back(topic, partition, offset, held)
                 self.delay.hold((topic, partition), newest)
@@ -248,13 +260,32 @@ class ConsumerRun:
                 continue
             events.extend(decoded)
             ts = decoded[-1].fields.get("ts") if decoded else None
-            positions[(topic, partition)] = PartitionPosition(topic, partition, offset, ts)
+            positions[(topic, partition)] = PartitionPosition(topic, partition, offset, ts,
+                                                              self._snapshot_until.get((topic, partition)))
         self.metrics.messages_consumed.inc(sum(1 for message in messages if message.error() is None))
         if positions:
             self._apply(events, positions)
         for barrier, topic, partition, partitions in arrivals:  # everything before the barrier is applied now
             self._call(lambda: self.barriers.arrive(barrier, topic, partition, partitions), "recording a DDL arrival")
             self._apply_barrier_if_complete(barrier, self._waiting[(topic, partition)][1])
+
+    def _mark_convergent(self, topic: str, partition: int, events: list[Event]) -> None:
+        """Snapshot documents, and changes the copy may already hold (up to its completion event's `until`), are
+        applied so that they converge whatever the conflict policy."""
+        key = (topic, partition)
+        for event in events:
+            fields = event.fields
+            until = snapshot.completion_until(fields)
+            if until is not None:
+                self._snapshot_until[key] = until
+                log.info("copy complete in this partition; changes up to its end are applied as overlapping it",
+                         extra={"topic": topic, "partition": partition, "until": f"{until.time},{until.inc}"})
+            elif snapshot.is_snapshot(fields):
+                event.converge = True
+            else:
+                horizon = self._snapshot_until.get(key)
+                ts = fields.get("ts")
+                event.converge = horizon is not None and ts is not None and ts <= horizon
 
     def _apply_barrier_if_complete(self, barrier: str, ddl_events: list[Event]) -> None:
         if not self._call(lambda: self.barriers.claim(barrier), "claiming a DDL barrier"):

@@ -121,6 +121,18 @@ class FetchMethod(str, enum.Enum):
     CHANGE_STREAM = "change_stream"
 
 
+class SyncMode(str, enum.Enum):
+    ALL = "all"
+    FULL = "full"
+    INCR = "incr"
+
+
+class IndexCreation(str, enum.Enum):
+    BEFORE = "before"
+    AFTER = "after"
+    NONE = "none"
+
+
 class FullDocument(str, enum.Enum):
     DEFAULT = "default"
     UPDATE_LOOKUP = "updateLookup"
@@ -351,6 +363,26 @@ def producer_run(
                                                            "is logged, counted and published as an event).",
                                                            envvar=env("on_history_lost"),
                                                            show_envvar=True)] = OnHistoryLost.FAIL,
+    sync_mode: Annotated[SyncMode, typer.Option("--sync-mode", help="incr: stream changes only. all: first copy the "
+                                                "existing collections, indexes and documents through Kafka (as "
+                                                "snapshot events), then stream from a position captured before the "
+                                                "copy. full: copy, then exit. A copy resumes where it stopped.",
+                                                envvar=env("sync_mode"), show_envvar=True)] = SyncMode.INCR,
+    index_creation: Annotated[IndexCreation, typer.Option("--index-creation", help="Copy: publish each collection's "
+                                                          "indexes before its documents, after them (faster bulk "
+                                                          "load on the destination), or not at all.",
+                                                          envvar=env("index_creation"),
+                                                          show_envvar=True)] = IndexCreation.BEFORE,
+    snapshot_parallel: Annotated[int, typer.Option("--snapshot-parallel", min=1, max=64, help="Copy: collections or "
+                                                   "_id ranges read at the same time.",
+                                                   envvar=env("snapshot_parallel"), show_envvar=True)] = 4,
+    snapshot_split_docs: Annotated[int, typer.Option("--snapshot-split-docs", min=0, help="Copy: split collections "
+                                                     "larger than this many documents into _id ranges of about this "
+                                                     "size, read in parallel (0: never split).",
+                                                     envvar=env("snapshot_split_docs"), show_envvar=True)] = 100_000,
+    snapshot_batch_size: Annotated[int, typer.Option("--snapshot-batch-size", min=1, help="Copy: documents per read "
+                                                     "batch, and per unit of saved progress.",
+                                                     envvar=env("snapshot_batch_size"), show_envvar=True)] = 1000,
     start_position: Annotated[str, typer.Option("--start-position", help="Where to start when no checkpoint exists: "
                                                 "earliest, latest, an ISO-8601 UTC time (changes at or after it) or "
                                                 "<seconds>,<increment> (changes after that position).",
@@ -391,10 +423,14 @@ def producer_run(
     if fetch_method is FetchMethod.OPLOG and watch_options_given:
         raise typer.BadParameter("--watch-db, --watch-coll, --full-document*, --show-expanded-events only work with "
                                  "--fetch-method change_stream", param_hint="'--fetch-method'")
+    if sync_mode is not SyncMode.INCR and start_position != "latest":
+        raise typer.BadParameter("--start-position only applies to --sync-mode incr: a copy captures its own start "
+                                 "position just before it begins", param_hint="'--start-position'")
     from producer.change_stream_source import WatchSettings
     from producer.publisher import Encoding
     from producer.run import ProducerRun
     from producer.settings import ProducerSettings
+    from producer.snapshot import SnapshotSettings
 
     settings = ProducerSettings(
         source_uri=source_uri, brokers=brokers, topic=topic, name=name,
@@ -405,7 +441,8 @@ def producer_run(
                             show_expanded_events, on_history_lost.value),
         start_position=start_position, checkpoint_uri=checkpoint_uri, checkpoint_db=checkpoint_db,
         namespaces=_namespace_filter(filter_namespace_white, filter_namespace_black), exit_at=_exit_point(exit_at),
-        ddl=publish_ddl, control_token=control_token,
+        ddl=publish_ddl, control_token=control_token, sync_mode=sync_mode.value,
+        snapshot=SnapshotSettings(snapshot_parallel, snapshot_batch_size, snapshot_split_docs, index_creation.value),
         partitions=partitions, partition_by=partition_by, kafka_properties=_kafka_properties(kafka_property),
         metrics_host=metrics_host, metrics_port=metrics_port,
     )
@@ -457,6 +494,11 @@ def consumer_run(
     filter_namespace_black: FilterBlack = "",
     exit_at: ExitAt = None,
     control_token: ControlToken = None,
+    drop_existing: Annotated[bool, typer.Option("--drop-existing", help="Drop each destination collection when the "
+                                                "producer's copy of it begins (--sync-mode all|full), so documents "
+                                                "that exist only in the destination go. Off by default: a copy then "
+                                                "inserts or replaces by _id and leaves other documents alone.",
+                                                envvar=env("drop_existing"), show_envvar=True)] = False,
     transform_namespace: Annotated[str, typer.Option("--transform-namespace", help="Rename on apply: "
                                                      "'fromDb.fromColl:toDb.toColl;fromDb2:toDb2' (also DDL targets and "
                                                      "transaction operations).", envvar=env("transform_namespace"),
@@ -484,7 +526,7 @@ def consumer_run(
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="'--transform-namespace'") from exc
     policy = ReplayPolicy(upsert, insert_on_dup_update, ddl,
-                          _namespace_filter(filter_namespace_white, filter_namespace_black), transform)
+                          _namespace_filter(filter_namespace_white, filter_namespace_black), transform, drop_existing)
 
     settings = ConsumerSettings(
         brokers=brokers, topic=topic or "", topic_pattern=topic_pattern or "", dest_uri=dest_uri, group=group or "",

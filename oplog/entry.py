@@ -36,6 +36,7 @@ class Operation:
     value: bytes
     wall: datetime | None = None
     txn: str | None = None
+    snapshot: bool = False
 
 
 def transaction_id(entry: Mapping[str, Any]) -> str | None:

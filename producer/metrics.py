@@ -42,6 +42,15 @@ class ProducerMetrics:
         self.publish_seconds = Histogram(
             "kafkashake_producer_publish_seconds", "Time from handing a message to Kafka to its acknowledgement.", registry=r
         )
+        self.snapshot_copied = Gauge(
+            "kafkashake_producer_snapshot_copied_documents",
+            "Initial copy: documents of a collection acknowledged by Kafka.", ["namespace"], registry=r,
+        )
+        self.snapshot_estimated = Gauge(
+            "kafkashake_producer_snapshot_estimated_documents",
+            "Initial copy: a collection's estimated document count when the copy was planned.", ["namespace"],
+            registry=r,
+        )
         Info("kafkashake_build", "Build and role.", registry=r).info(
             {"version": VERSION, "role": "producer", "fetch_method": fetch_method, "format": message_format}
         )

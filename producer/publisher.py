@@ -91,7 +91,7 @@ class TopicDirectory:
 
 
 class _Batch:
-    __slots__ = ("records", "acknowledgements", "size", "started", "namespaces", "ops", "newest")
+    __slots__ = ("records", "acknowledgements", "size", "started", "namespaces", "ops", "newest", "snapshot")
 
     def __init__(self) -> None:
         self.records: list[dict[str, Any]] = []
@@ -101,6 +101,7 @@ class _Batch:
         self.namespaces: set[str] = set()
         self.ops: set[str] = set()
         self.newest: Any = None
+        self.snapshot = True
 
 
 def _describe(operation: Operation) -> str:
@@ -128,6 +129,9 @@ class Publisher:
         self.delivery_error: str | None = None
         self._topic_for = lru_cache(maxsize=4096)(self._resolve_topic)
 
+    def topic_for(self, ns: str) -> str:
+        return self._topic_for(ns)
+
     def _resolve_topic(self, ns: str) -> str:
         try:
             return topics.topic_for(self._template, ns)
@@ -146,24 +150,37 @@ class Publisher:
             self._add_to_batch(topic, partition_for(key, partitions), operation, on_acknowledged)
             return
         value = operation.value if message_format is MessageFormat.BSON else encode_json(operation.value, self._encoding.json_mode)
-        message_headers = self._static_headers + [
-            (headers.NAMESPACE, operation.ns.encode()),
-            (headers.OPERATION, operation.op.encode()),
-            (headers.SOURCE_TS, headers.position_text(operation.ts).encode()),
-        ]
+        message_headers = self._operation_headers(operation)
         # librdkafka's murmur2_random partitioner computes the same partition as partition_for, in C.
         self._produce(topic, None, key, value, message_headers, [on_acknowledged], lambda: _describe(operation))
 
     def _publish_barrier(self, operation: Operation, on_acknowledged: Acknowledge) -> None:
         """A DDL event goes to every partition of its topic, after everything already queued there."""
         ns = operation.ns
+        command_name = None
         if operation.op == "c":
-            ns = command_target(ns, bson.decode(operation.value)["o"])
+            command = bson.decode(operation.value)["o"]
+            ns = command_target(ns, command)
+            command_name = next(iter(command), None)
         topic = self._topic_for(ns if "." in ns else f"{ns}.$cmd")
-        partitions = self._topics.partitions(topic)
-        for queued_topic, partition in [key for key in self._batches if key[0] == topic]:
+        barrier = f"{headers.position_text(operation.ts)}:{ns}"
+        if operation.snapshot:  # one copy publishes several commands per collection, all at its capture position
+            barrier += f":snapshot:{command_name}"
+        self._fan_out(operation, [topic], ns, on_acknowledged, barrier, lambda: f"the DDL {barrier}")
+
+    def broadcast(self, operation: Operation, topic_names: list[str], on_acknowledged: Acknowledge) -> None:
+        """Send one event to every partition of each topic, after everything already queued there."""
+        self._fan_out(operation, topic_names, operation.ns, on_acknowledged, None,
+                      lambda: f"the {operation.op} event broadcast at {headers.position_text(operation.ts)}")
+
+    def _fan_out(self, operation: Operation, topic_names: list[str], key: str, on_acknowledged: Acknowledge,
+                 barrier: str | None, describe: Callable[[], str]) -> None:
+        for queued_topic, partition in [queued for queued in self._batches if queued[0] in topic_names]:
             self._send_batch(queued_topic, partition)
-        remaining = [partitions]
+        counts = {topic: self._topics.partitions(topic) for topic in topic_names}
+        remaining = [sum(counts.values())]
+        if not remaining[0]:
+            on_acknowledged()
 
         def one_copy_acknowledged() -> None:
             remaining[0] -= 1
@@ -179,17 +196,24 @@ class Publisher:
             value = encode_json(operation.value, self._encoding.json_mode)
         else:
             value = operation.value
-        barrier = f"{headers.position_text(operation.ts)}:{ns}"
+        for topic, partitions in counts.items():
+            message_headers = self._operation_headers(operation)
+            if barrier is not None:
+                message_headers += [(headers.BARRIER, barrier.encode()),
+                                    (headers.BARRIER_PARTITIONS, str(partitions).encode())]
+            for partition in range(partitions):
+                self._produce(topic, partition, key.encode(), value, message_headers, [one_copy_acknowledged],
+                              describe)
+
+    def _operation_headers(self, operation: Operation) -> list[tuple[str, bytes]]:
         message_headers = self._static_headers + [
             (headers.NAMESPACE, operation.ns.encode()),
             (headers.OPERATION, operation.op.encode()),
             (headers.SOURCE_TS, headers.position_text(operation.ts).encode()),
-            (headers.BARRIER, barrier.encode()),
-            (headers.BARRIER_PARTITIONS, str(partitions).encode()),
         ]
-        for partition in range(partitions):
-            self._produce(topic, partition, ns.encode(), value, message_headers, [one_copy_acknowledged],
-                          lambda: f"the DDL {barrier}")
+        if operation.snapshot:
+            message_headers.append((headers.SNAPSHOT, b"true"))
+        return message_headers
 
     def _add_to_batch(self, topic: str, partition: int, operation: Operation, on_acknowledged: Acknowledge) -> None:
         batch = self._batches.get((topic, partition))
@@ -204,6 +228,7 @@ class Publisher:
         batch.namespaces.add(operation.ns)
         batch.ops.add(operation.op)
         batch.newest = operation.ts
+        batch.snapshot = batch.snapshot and operation.snapshot
         encoding = self._encoding
         if len(batch.records) >= encoding.batch_max_events or batch.size >= encoding.batch_max_bytes:
             self._send_batch(topic, partition)
@@ -216,6 +241,8 @@ class Publisher:
             (headers.SOURCE_TS, headers.position_text(batch.newest).encode()),
             (headers.COUNT, str(len(batch.records)).encode()),
         ]
+        if batch.snapshot:
+            message_headers.append((headers.SNAPSHOT, b"true"))
         value = encode_raw_batch(batch.records, self._encoding.avro_codec)
         first = batch.records[0]
         self._produce(topic, partition, None, value, message_headers, batch.acknowledgements,

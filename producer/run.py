@@ -13,12 +13,14 @@ from oplog import position
 from oplog.entry import Operation
 from producer.change_stream_source import ChangeStreamSource
 from producer.checkpoint import Checkpoint, CheckpointStore
+from producer.full_sync import FullSync
 from producer.metrics import ProducerMetrics
 from producer.operations import OperationExtractor
 from producer.oplog_reader import OplogReader
 from producer.oplog_source import OplogSource
 from producer.publisher import PRODUCER_DEFAULTS, Publisher, TopicDirectory
 from producer.settings import ProducerSettings
+from producer.snapshot_state import SnapshotStore
 from runtime import kafka_config, mongo
 from runtime.http_api import ProcessEndpoint
 from runtime.status import Liveness, RateMeter, RuntimeControls, counter_totals, describe_position, sanitized
@@ -63,11 +65,16 @@ class ProducerRun:
         else:
             extractor = OperationExtractor(settings.private_databases, settings.namespaces, settings.ddl)
             self.source = OplogSource(OplogReader(self.source_client), extractor, self.metrics)
+        self.full_sync = None if settings.sync_mode == "incr" else FullSync(
+            settings.sync_mode, settings.snapshot, self.source_client, self.store,
+            SnapshotStore(self.store_client[settings.checkpoint_db]["snapshot"], settings.name), settings.namespaces,
+            settings.private_databases, self.metrics, shutdown, self._call)
         self._window_checked_at = 0.0
         self.controls = RuntimeControls(frozenset({"pause", "resume", "exit_at"}), exit_at=settings.exit_at)
         self._rates = RateMeter()
         self.liveness = Liveness("streaming")
         self._saved: Checkpoint | None = None
+        self._source_started = False
         self.endpoint = ProcessEndpoint(self.metrics.registry, self.status, self.ready, self.controls.apply,
                                         settings.control_token)
 
@@ -79,18 +86,20 @@ class ProducerRun:
                  "kafkashake_producer_events_published", "kafkashake_producer_delivery_errors")
         totals = counter_totals(self.metrics.registry, names)
         source = self.source
-        read = source.read_position() if self.liveness.started else None
+        streaming = self._source_started and self.liveness.started
+        read = source.read_position() if streaming else None
         return {
             "role": "producer", "task": self.settings.name, "fetch_method": self.settings.fetch_method,
             "now": describe_position(Timestamp(int(time.time()), 0)),
             "positions": {"read": describe_position(read),
                           "checkpointed": describe_position(self._saved.ts if self._saved else None)},
-            "lag_seconds": source.lag_seconds() if self.liveness.started else None,
+            "lag_seconds": source.lag_seconds() if streaming else None,
             "counters": {name.removeprefix("kafkashake_producer_"): value for name, value in totals.items()},
             "rates_per_second": {name.removeprefix("kafkashake_producer_"): value
                                  for name, value in self._rates.rates(totals).items()},
             "paused": self.controls.paused,
             "exit_at": describe_position(self.controls.exit_at),
+            "snapshot": self.full_sync.status() if self.full_sync else None,
             "config": sanitized(self.settings),
         }
 
@@ -133,8 +142,13 @@ class ProducerRun:
         mongo.ensure_reachable(self.source_client, "source", settings.source_uri, stop)
         if settings.checkpoint_uri:
             mongo.ensure_reachable(self.store_client, "checkpoint store", settings.checkpoint_uri, stop)
-        start = self._starting_checkpoint()
-        self._call(lambda: self.source.start(start), "checking the start position")
+        if self.full_sync is None:
+            start = self._starting_checkpoint()
+        else:
+            start = self.full_sync.prepare(lambda: self.source.first_checkpoint("latest"))
+        if self.full_sync is None or not self.full_sync.copy_pending:
+            # A copy checks its captured position itself, with advice on sizing the oplog.
+            self._start_source(start)
 
         config = kafka_config.client_config(
             settings.brokers, {**PRODUCER_DEFAULTS, "compression.type": settings.compression}, settings.kafka_properties
@@ -151,13 +165,26 @@ class ProducerRun:
         )
         try:
             self.liveness.beat()
+            if self.full_sync is not None and self.full_sync.copy_pending:
+                if not self.full_sync.copy(publisher, self.source.window, self.liveness.beat,
+                                           settings.checkpoint_interval_s):
+                    return
+                self._start_source(start)
+            if settings.sync_mode == "full":
+                log.info("copy done (--sync-mode full): exiting; a later --sync-mode incr run with this --name "
+                         "streams from the position captured before the copy")
+                return
             self._stream(publisher)
         finally:
             remaining = publisher.flush(FLUSH_TIMEOUT_S)
-            final = self.source.safe_checkpoint()
-            if publisher.delivery_error is None:
+            final = self.source.safe_checkpoint() if self._source_started else start
+            if publisher.delivery_error is None and self._source_started:
                 self._call(lambda: self.store.save(final), "saving the final checkpoint")
             log.info("producer stopped", extra={"checkpoint": position.describe(final.ts), "unacknowledged": remaining})
+
+    def _start_source(self, start: Checkpoint) -> None:
+        self._call(lambda: self.source.start(start), "checking the start position")
+        self._source_started = True
 
     def _stream(self, publisher: Publisher) -> None:
         backoff = Backoff()

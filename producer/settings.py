@@ -8,6 +8,7 @@ from bson.timestamp import Timestamp
 from oplog.namespaces import NamespaceFilter
 from producer.change_stream_source import WatchSettings
 from producer.publisher import Encoding
+from producer.snapshot import SnapshotSettings
 from schemas.partitioning import PartitionBy
 
 
@@ -25,6 +26,8 @@ class ProducerSettings:
     ddl: bool = False
     control_token: str | None = None
     watch: WatchSettings = field(default_factory=WatchSettings)
+    sync_mode: str = "incr"
+    snapshot: SnapshotSettings = field(default_factory=SnapshotSettings)
     start_position: str = "latest"
     checkpoint_uri: str | None = None
     checkpoint_db: str = "kafkashake"

@@ -17,6 +17,8 @@ COUNT = "kafkashake.count"
 # partitions carry it, so consumers apply it once, after every earlier event of every partition.
 BARRIER = "kafkashake.barrier"
 BARRIER_PARTITIONS = "kafkashake.barrier.partitions"
+# Set to "true" on messages of the initial copy (--sync-mode all|full); see schemas/snapshot.py.
+SNAPSHOT = "kafkashake.snapshot"
 MIXED = "*"
 
 
