@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
-import platform
 import statistics
 import sys
 import time
@@ -24,6 +22,7 @@ from confluent_kafka import Producer
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.report import report  # noqa: E402
 from kafkashake import embedded  # noqa: E402
 from oplog.entry import Operation, transaction_id  # noqa: E402
 from producer.publisher import PRODUCER_DEFAULTS, Encoding, Publisher, TopicDirectory  # noqa: E402
@@ -116,29 +115,8 @@ def main() -> int:
             stack.close()
 
     baseline = statistics.median(samples["baseline"])
-    previous = json.loads(RESULTS.read_text()).get("ratios", {}) if RESULTS.exists() else {}
-    report = {"date": dt.date.today().isoformat(), "machine": f"{platform.machine()} {platform.node()}",
-              "events": args.events, "rounds": args.rounds, "baseline_events_per_s": round(baseline),
-              "events_per_s": {}, "ratios": {}}
-    print(f"{'series':<10} {'events/s':>10} {'ratio':>7}  previous")
-    print(f"{'baseline':<10} {baseline:>10.0f} {1.0:>7.2f}")
-    regressions = []
-    for message_format in MessageFormat:
-        rate = statistics.median(samples[message_format.value])
-        ratio = rate / baseline
-        report["events_per_s"][message_format.value] = round(rate)
-        report["ratios"][message_format.value] = round(ratio, 3)
-        before = previous.get(message_format.value)
-        flag = ""
-        if before:
-            flag = f"{before:.2f}" + ("  REGRESSION (>10 % lower)" if ratio < before * 0.9 else "")
-            if ratio < before * 0.9:
-                regressions.append(message_format.value)
-        print(f"{message_format.value:<10} {rate:>10.0f} {ratio:>7.2f}  {flag}")
-    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"written {RESULTS.relative_to(ROOT)}")
-    return 1 if regressions else 0
-
+    rates = {f.value: statistics.median(samples[f.value]) for f in MessageFormat}
+    return report(RESULTS, baseline, rates, "events", {"events": args.events, "rounds": args.rounds})
 
 if __name__ == "__main__":
     raise SystemExit(main())

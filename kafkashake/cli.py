@@ -604,6 +604,30 @@ def status(
         raise typer.Exit(0) from None
 
 
+@app.command("healthcheck")
+def healthcheck(
+    url: Annotated[Optional[list[str]], typer.Option("--url", help="Base URL of an endpoint (repeatable). Default: "
+                                                     "this host's producer and consumer ports, from "
+                                                     "KAFKASHAKE_PRODUCER_METRICS_PORT (9100) and "
+                                                     "KAFKASHAKE_CONSUMER_METRICS_PORT (9101).")] = None,
+) -> None:
+    """Exit 0 if a process answers GET /healthz with 200, else 1: the container image's HEALTHCHECK."""
+    import os
+    import urllib.request
+
+    urls = url or [f"http://127.0.0.1:{os.environ.get(env(name), default)}"
+                   for name, default in (("producer_metrics_port", "9100"), ("consumer_metrics_port", "9101"))]
+    for base in urls:
+        try:
+            with urllib.request.urlopen(base.rstrip("/") + "/healthz", timeout=3) as reply:
+                if reply.status == 200:
+                    raise typer.Exit(0)
+        except OSError:
+            continue
+    typer.echo(f"no healthy kafkashake process at {', '.join(urls)}", err=True)
+    raise typer.Exit(1)
+
+
 # ---------------------------------------------------------------------------------------------------- demo
 
 
