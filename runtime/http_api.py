@@ -34,6 +34,7 @@ class ProcessEndpoint:
         self.control = control
         self.control_token = control_token
         self.port = 0
+        self._server: ThreadingHTTPServer | None = None
 
     def serve(self, host: str, port: int) -> int:
         endpoint = self
@@ -93,9 +94,14 @@ class ProcessEndpoint:
                 log.info("control applied", extra={"changes": json.dumps(result, default=str)})
                 self._json(200, result)
 
-        server = ThreadingHTTPServer((host, port), Handler)
+        server = self._server = ThreadingHTTPServer((host, port), Handler)
         server.daemon_threads = True
         threading.Thread(target=server.serve_forever, name="http-endpoint", daemon=True).start()
         self.port = int(server.server_address[1])
         log.info("HTTP endpoint listening", extra={"url": f"http://{host}:{self.port}/status"})
         return self.port
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
