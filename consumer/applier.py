@@ -19,10 +19,11 @@ from pymongo import DeleteOne, InsertOne, MongoClient, ReplaceOne
 from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
 
 from consumer.conflicts import DUPLICATE_KEY, UPDATE_MISSING, Conflict
+from consumer.dead_letters import REJECTED, UNAPPLICABLE_UPDATE, UNKNOWN_OP
 from consumer.decoder import Event
 from consumer.ddl import apply_command, command_name
 from consumer.document_update import UpdateFormatError, apply_update
-from oplog.entry import is_internal_namespace
+from oplog.entry import CHANGE_STREAM_DDL, is_internal_namespace
 from oplog.namespaces import NamespaceFilter, NamespaceMap
 from runtime.errors import FatalError
 from runtime.retry import is_transient
@@ -32,7 +33,8 @@ from schemas.snapshot import is_snapshot
 log = logging.getLogger("kafkashake.consumer.applier")
 
 DUPLICATE_KEY_CODES = frozenset({11000, 11001})
-PASSED_OVER_REASONS = {"n": "noop", "c": "command", "invalidate": "invalidate", "kafkashake.gap": "history_gap"}
+PASSED_OVER_REASONS = {"n": "noop", "c": "command", "invalidate": "invalidate", "kafkashake.gap": "history_gap",
+                       **{kind: "command" for kind in CHANGE_STREAM_DDL}}
 _ABSENT: Any = object()
 
 
@@ -85,11 +87,22 @@ class Applier:
         private_databases: frozenset[str],
         on_conflict: Callable[[Conflict], None] = lambda conflict: None,
         policy: ReplayPolicy = ReplayPolicy(),
+        on_rejected: Callable[[Event, str, str], None] | None = None,
     ) -> None:
         self._client = client
         self._private = private_databases
         self._on_conflict = on_conflict
         self._policy = policy
+        self._on_rejected = on_rejected
+
+    def _reject(self, event: Event, reason: str, error: str) -> None:
+        """An event that can never be applied: handed to `on_rejected` (dead letters), or replay stops."""
+        if self._on_rejected is None:
+            raise FatalError(
+                f"{error} (event at {_where(event)} on {event.ns}). Replay stops here so nothing is skipped; fix the "
+                "destination (validator, index, permissions) and restart, or run with --on-error dlq"
+            )
+        self._on_rejected(event, reason, error)
 
     def _collection(self, ns: str):  # type: ignore[no-untyped-def]
         db, _, coll = ns.partition(".")
@@ -111,11 +124,12 @@ class Applier:
                 self._apply_command(event, report)
                 continue
             if op not in ("i", "u", "d"):
-                reason = PASSED_OVER_REASONS.get(op, "unknown_op")
+                reason = PASSED_OVER_REASONS.get(op)
+                if reason is None:
+                    self._reject(event, UNKNOWN_OP, f"unknown operation type {op!r}")
+                    continue
                 report.passed_over[reason] += 1
-                if reason == "unknown_op":
-                    log.warning("passing over an event of unknown op", extra={"op": op, "ns": event.ns})
-                elif reason == "invalidate":
+                if reason == "invalidate":
                     log.info("change stream invalidate event passed over", extra={"ns": event.ns})
                 elif reason == "history_gap":
                     log.error("the producer lost change-stream history: changes before this point are missing "
@@ -159,10 +173,8 @@ class Applier:
         except OperationFailure as exc:
             if is_transient(exc):
                 raise
-            raise FatalError(
-                f"the destination rejected the DDL {dict(command)} at {_where(event)}: {exc}. Replay stops here so "
-                "nothing is skipped; fix the destination and restart"
-            ) from exc
+            self._reject(event, REJECTED, f"the destination rejected the DDL {dict(command)}: {exc}")
+            return
         if applied:
             report.applied["c"] += 1
             log.info("DDL applied", extra={"ns": event.ns, "command": command_name(command)})
@@ -217,7 +229,8 @@ class Applier:
                 try:
                     updated = apply_update(current, w.event.fields["o"])
                 except UpdateFormatError as exc:
-                    raise FatalError(f"cannot apply update at {_where(w.event)}: {exc}") from exc
+                    self._reject(w.event, UNAPPLICABLE_UPDATE, f"cannot apply the update: {exc}")
+                    continue
                 state[w.key] = updated
                 w.request = ReplaceOne({"_id": w.document_id}, updated, upsert=self._policy.upsert)
 
@@ -233,11 +246,11 @@ class Applier:
                 for w in batch[: first["index"]]:
                     report.applied[w.event.op] += 1
                 if first.get("code") not in DUPLICATE_KEY_CODES:
-                    raise FatalError(
-                        f"the destination rejected the event at {_where(failed.event)} on {failed.event.ns}: "
-                        f"{first.get('errmsg')} (code {first.get('code')}). Replay stops here so nothing is skipped; "
-                        "fix the destination (validator, index, permissions) and restart"
-                    ) from exc
+                    self._reapply(collection, batch[: first["index"]])
+                    self._reject(failed.event, REJECTED, f"the destination rejected the event: {first.get('errmsg')} "
+                                                         f"(code {first.get('code')})")
+                    start += first["index"] + 1
+                    continue
                 index_name = duplicate_index_name(first)
                 if failed.replaces_on_duplicate and index_name == "_id_":
                     self._replace_existing(collection, failed, report)
@@ -249,6 +262,16 @@ class Applier:
             for w in batch:
                 report.applied[w.event.op] += 1
             return
+
+    def _reapply(self, collection, writes: list[_Write]) -> None:  # type: ignore[no-untyped-def]
+        """Make sure the writes before a rejected one are applied: mongod applies them, but a server may reject an
+        ordered run of inserts as a whole (SecantusDB does on validation errors). Inserts are replayed as
+        replacements of the same document, so this is idempotent either way."""
+        if not writes:
+            return
+        requests = [ReplaceOne({"_id": w.document_id}, w.event.fields["o"], upsert=True) if w.event.op == "i"
+                    else w.request for w in writes]
+        collection.bulk_write(requests, ordered=True)
 
     def _replace_existing(self, collection, write: _Write, report: ApplyReport) -> None:  # type: ignore[no-untyped-def]
         """insert_on_dup_update: the inserted document replaces the existing one whole (MongoShake merged with

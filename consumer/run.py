@@ -13,6 +13,7 @@ from consumer.applier import Applier
 from consumer.barrier import BarrierStore
 from consumer.checkpoint import ConsumerCheckpointStore, PartitionPosition
 from consumer.conflicts import Conflict, ConflictRecorder, describe
+from consumer.dead_letters import UNDECODABLE, DeadLetters
 from consumer.decoder import Event, UndecodableMessage, decode_message
 from consumer.delay import DelayGate, source_time
 from consumer.exit_point import ExitPoint
@@ -51,7 +52,12 @@ class ConsumerRun:
         self._conflict_log = RateLimitedLog(logging.getLogger("kafkashake.consumer.conflicts"))
         self._kafka_warnings = RateLimitedLog(log, per_window=1, window_s=30.0)
         private = frozenset({settings.checkpoint_db, settings.conflict_db})
-        self.applier = Applier(self.destination, private, self._on_conflict, settings.policy)
+        kafka = kafka_config.client_config(settings.brokers, {}, settings.kafka_properties)
+        self.dead_letters = (DeadLetters(kafka, settings.dead_letter_topic_name, settings.group_id)
+                             if settings.on_error == "dlq" else None)
+        self._messages: dict[tuple[str, int, int], Message] = {}
+        self.applier = Applier(self.destination, private, self._on_conflict, settings.policy,
+                               self._on_rejected if self.dead_letters else None)
         self.recorder = (ConflictRecorder(self.destination, settings.conflict_db)
                          if settings.conflict_write_to == "db" else None)
         self.delay = DelayGate(settings.target_delay_s)
@@ -79,6 +85,15 @@ class ConsumerRun:
         self._conflict_log.warning("conflict: destination left as it is", **describe(conflict))
         if self.recorder is not None:
             self._call(lambda: self.recorder.record(conflict), "recording a conflict")  # type: ignore[union-attr]
+
+    def _on_rejected(self, event: Event, reason: str, error: str) -> None:
+        message = self._messages[(event.topic, event.partition, event.offset)]
+        self._dead_letter(message, reason, f"{error}; event {event.fields.get('op')} on {event.ns}")
+
+    def _dead_letter(self, message: Message, reason: str, error: str) -> None:
+        assert self.dead_letters is not None
+        self._call(lambda: self.dead_letters.send(message, reason, error), "writing a dead letter")  # type: ignore[union-attr]
+        self.metrics.dead_letters.labels(reason).inc()
 
     def _call(self, action, what: str):  # type: ignore[no-untyped-def]
         return retry_transient(action, what, lambda: self.shutdown.requested)
@@ -221,15 +236,23 @@ class ConsumerRun:
                 self._kafka_warnings.warning("Kafka consumer error, retrying", error=str(error))
                 continue
             topic, partition, offset = message.topic(), message.partition(), message.offset()
+            if (topic, partition) in held:
+                continue  # rewound: comes back once the partition is resumed
             try:
                 decoded = decode_message(message.value(), topic, partition, offset)
             except UndecodableMessage as exc:
-                raise FatalError(
-                    f"message {topic}/{partition}@{offset} cannot be decoded: {exc}. "
-                    "The consumer stops rather than skip it; inspect the message and restart"
-                ) from exc
-            if (topic, partition) in held:
-                continue  # rewound: comes back once the partition is resumed
+                if self.dead_letters is None:
+                    if positions:  # everything before it is applied and committed first
+                        self._apply(events, positions)
+                    raise FatalError(
+                        f"message {topic}/{partition}@{offset} cannot be decoded: {exc}. The consumer stops rather "
+                        "than skip it; inspect it (kafkashake inspect) and restart, or run with --on-error dlq"
+                    ) from exc
+                self._dead_letter(message, UNDECODABLE, str(exc))
+                positions[(topic, partition)] = PartitionPosition(topic, partition, offset, None,
+                                                                  self._snapshot_until.get((topic, partition)))
+                continue
+            self._messages[(topic, partition, offset)] = message
             message_headers = headers.as_dict(message.headers())
             follows_barriers = self.settings.policy.ddl or message_headers.get(headers.SNAPSHOT) == "true"
             barrier = message_headers.get(headers.BARRIER) if follows_barriers else None
@@ -265,6 +288,8 @@ class ConsumerRun:
         self.metrics.messages_consumed.inc(sum(1 for message in messages if message.error() is None))
         if positions:
             self._apply(events, positions)
+        waiting = {(t, p, events_[0].offset) for (t, p), (_, events_) in self._waiting.items() if events_}
+        self._messages = {key: message for key, message in self._messages.items() if key in waiting}
         for barrier, topic, partition, partitions in arrivals:  # everything before the barrier is applied now
             self._call(lambda: self.barriers.arrive(barrier, topic, partition, partitions), "recording a DDL arrival")
             self._apply_barrier_if_complete(barrier, self._waiting[(topic, partition)][1])

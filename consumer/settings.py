@@ -25,6 +25,8 @@ class ConsumerSettings:
     target_delay_s: float = 0.0
     exit_at: Timestamp | None = None
     control_token: str | None = None
+    on_error: str = "dlq"
+    dead_letter_topic: str = ""
     poll_timeout_s: float = 0.5
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9101
@@ -33,6 +35,11 @@ class ConsumerSettings:
     def subscription(self) -> list[str]:
         """librdkafka treats a subscription starting with `^` as a regular expression."""
         return [self.topic_pattern] if self.topic_pattern else [self.topic]
+
+    @property
+    def dead_letter_topic_name(self) -> str:
+        """--dead-letter-topic, by default `<topic>.dlq` (`<group>.dlq` with --topic-pattern)."""
+        return self.dead_letter_topic or f"{self.topic or self.group_id}.dlq"
 
     @property
     def group_id(self) -> str:

@@ -133,6 +133,11 @@ class IndexCreation(str, enum.Enum):
     NONE = "none"
 
 
+class OnError(str, enum.Enum):
+    DLQ = "dlq"
+    STOP = "stop"
+
+
 class FullDocument(str, enum.Enum):
     DEFAULT = "default"
     UPDATE_LOOKUP = "updateLookup"
@@ -494,6 +499,15 @@ def consumer_run(
     filter_namespace_black: FilterBlack = "",
     exit_at: ExitAt = None,
     control_token: ControlToken = None,
+    on_error: Annotated[OnError, typer.Option("--on-error", help="A message that cannot be decoded, or an event the "
+                                              "destination rejects for good (not a conflict, not transient): dlq "
+                                              "writes it to the dead-letter topic and carries on; stop exits 1 "
+                                              "before it.", envvar=env("on_error"), show_envvar=True)] = OnError.DLQ,
+    dead_letter_topic: Annotated[Optional[str], typer.Option("--dead-letter-topic", help="Where dead letters go "
+                                                             "(created if missing). Default: <topic>.dlq, or "
+                                                             "<group>.dlq with --topic-pattern.",
+                                                             envvar=env("dead_letter_topic"),
+                                                             show_envvar=True)] = None,
     drop_existing: Annotated[bool, typer.Option("--drop-existing", help="Drop each destination collection when the "
                                                 "producer's copy of it begins (--sync-mode all|full), so documents "
                                                 "that exist only in the destination go. Off by default: a copy then "
@@ -532,10 +546,15 @@ def consumer_run(
         brokers=brokers, topic=topic or "", topic_pattern=topic_pattern or "", dest_uri=dest_uri, group=group or "",
         checkpoint_db=checkpoint_db, kafka_properties=_kafka_properties(kafka_property),
         batch_max_messages=batch_max_messages, policy=policy, conflict_write_to=conflict_write_to.value,
-        conflict_db=conflict_db, target_delay_s=target_delay, exit_at=_exit_point(exit_at), control_token=control_token,
+        conflict_db=conflict_db, target_delay_s=target_delay, on_error=on_error.value,
+        dead_letter_topic=dead_letter_topic or "", exit_at=_exit_point(exit_at), control_token=control_token,
         metrics_host=metrics_host,
         metrics_port=metrics_port,
     )
+    if topic_pattern and settings.on_error == "dlq" and re.search(topic_pattern, settings.dead_letter_topic_name):
+        raise typer.BadParameter(f"the dead-letter topic {settings.dead_letter_topic_name!r} matches --topic-pattern, "
+                                 "so the consumer would replay its own dead letters; give a --dead-letter-topic "
+                                 "outside the pattern", param_hint="'--dead-letter-topic'")
     _run_process("consumer", log_format, log_level, lambda shutdown: ConsumerRun(settings, shutdown).run())
 
 

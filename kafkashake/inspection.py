@@ -65,10 +65,22 @@ def render(record: dict[str, Any], output: str) -> str:
         return json.dumps(envelope, separators=(",", ":"))
     where = f"{record['topic']}/{record['partition']}@{record['offset']}"
     if "undecodable" in record:
-        return (f"--- {where} UNDECODABLE: {record['undecodable']} ({record['value_length']} bytes)\n"
+        return (f"--- {where} UNDECODABLE: {record['undecodable']} ({record['value_length']} bytes)"
+                f"{_dead_letter_line(record['headers'])}\n"
                 f"headers: {json.dumps(record['headers'])}\nvalue (base64, first 256 bytes): {record['value_base64']}")
     head = f"--- {where} #{record['index']} {record['format']} key={record['key']!r}"
-    return head + "\n" + json_util.dumps(record["event"], json_options=RELAXED, indent=2)
+    letter = _dead_letter_line(record["headers"])
+    return head + letter + "\n" + json_util.dumps(record["event"], json_options=RELAXED, indent=2)
+
+
+def _dead_letter_line(message_headers: dict[str, str]) -> str:
+    reason = message_headers.get(headers.DLQ_REASON)
+    if reason is None:
+        return ""
+    source = (f"{message_headers.get(headers.DLQ_TOPIC)}/{message_headers.get(headers.DLQ_PARTITION)}"
+              f"@{message_headers.get(headers.DLQ_OFFSET)}")
+    return (f"\ndead letter: {reason} from {source} at {message_headers.get(headers.DLQ_TIME)}: "
+            f"{message_headers.get(headers.DLQ_ERROR)}")
 
 
 def run_inspect(brokers: str, topic: str, partition: int | None, offset: int, limit: int | None, follow: bool,

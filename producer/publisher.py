@@ -15,12 +15,12 @@ from typing import Any
 
 import bson
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
-from confluent_kafka.admin import AdminClient, NewTopic
 
 from oplog import position
 from oplog.entry import Operation, is_ddl
 from oplog.namespaces import command_target
 from runtime.errors import FatalError
+from runtime.kafka_topics import TopicDirectory
 from schemas import WIRE_VERSION, headers, topics
 from schemas.codec import JsonMode, MessageFormat, encode_json, encode_raw_batch, raw_record
 from schemas.partitioning import PartitionBy, canonical_json, message_key, partition_for
@@ -36,7 +36,6 @@ PRODUCER_DEFAULTS: dict[str, Any] = {
     # A reassembled change event (document + pre-image + update) can exceed MongoDB's 16 MB document limit.
     "message.max.bytes": 64 * 1024 * 1024,
 }
-ADMIN_TIMEOUT_S = 30.0
 RAW_RECORD_OVERHEAD_BYTES = 64
 
 Acknowledge = Callable[[], None]
@@ -50,44 +49,6 @@ class Encoding:
     batch_max_events: int = 500
     batch_max_bytes: int = 1024 * 1024
     batch_linger_s: float = 0.05
-
-
-class TopicDirectory:
-    """Creates topics on first use and remembers each one's partition count."""
-
-    def __init__(self, config: dict[str, Any], partitions: int, replication_factor: int) -> None:
-        self._admin = AdminClient({k: v for k, v in config.items() if k not in PRODUCER_DEFAULTS})
-        self._brokers = config["bootstrap.servers"]
-        self._partitions = partitions
-        self._replication_factor = replication_factor
-        self._known: dict[str, int] = {}
-
-    def partitions(self, topic: str) -> int:
-        known = self._known.get(topic)
-        if known is None:
-            known = self._known[topic] = self._ensure(topic)
-        return known
-
-    def _ensure(self, topic: str) -> int:
-        try:
-            metadata = self._admin.list_topics(timeout=ADMIN_TIMEOUT_S)
-        except KafkaException as exc:
-            raise FatalError(
-                f"cannot reach Kafka at {self._brokers}: {exc}. Check --brokers and that the brokers are up"
-            ) from exc
-        existing = metadata.topics.get(topic)
-        if existing is not None and existing.error is None:
-            return len(existing.partitions)
-        new_topic = NewTopic(topic, self._partitions, self._replication_factor)
-        futures = self._admin.create_topics([new_topic], operation_timeout=ADMIN_TIMEOUT_S)
-        try:
-            futures[topic].result(timeout=ADMIN_TIMEOUT_S)
-            log.info("created topic", extra={"topic": topic, "partitions": self._partitions})
-        except KafkaException as exc:
-            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                raise FatalError(f"cannot create topic {topic!r}: {exc}. Create it yourself or grant CREATE") from exc
-            return self._ensure(topic)
-        return self._partitions
 
 
 class _Batch:

@@ -18,10 +18,11 @@ from producer.metrics import ProducerMetrics
 from producer.operations import OperationExtractor
 from producer.oplog_reader import OplogReader
 from producer.oplog_source import OplogSource
-from producer.publisher import PRODUCER_DEFAULTS, Publisher, TopicDirectory
+from producer.publisher import PRODUCER_DEFAULTS, Publisher
 from producer.settings import ProducerSettings
 from producer.snapshot_state import SnapshotStore
 from runtime import kafka_config, mongo
+from runtime.kafka_topics import TopicDirectory
 from runtime.http_api import ProcessEndpoint
 from runtime.status import Liveness, RateMeter, RuntimeControls, counter_totals, describe_position, sanitized
 from runtime.errors import FatalError

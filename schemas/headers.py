@@ -19,6 +19,14 @@ BARRIER = "kafkashake.barrier"
 BARRIER_PARTITIONS = "kafkashake.barrier.partitions"
 # Set to "true" on messages of the initial copy (--sync-mode all|full); see schemas/snapshot.py.
 SNAPSHOT = "kafkashake.snapshot"
+# Dead letters (the consumer's --dead-letter-topic) keep the original key, value and headers, and add these.
+DLQ_REASON = "kafkashake.dlq.reason"
+DLQ_ERROR = "kafkashake.dlq.error"
+DLQ_TOPIC = "kafkashake.dlq.topic"
+DLQ_PARTITION = "kafkashake.dlq.partition"
+DLQ_OFFSET = "kafkashake.dlq.offset"
+DLQ_TIME = "kafkashake.dlq.time"
+DLQ_GROUP = "kafkashake.dlq.group"
 MIXED = "*"
 
 
