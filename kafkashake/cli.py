@@ -245,6 +245,85 @@ def _optional_mongo_uri(value: Optional[str]) -> Optional[str]:
     return None if value is None else _mongo_uri(value)
 
 
+def _read_secret_file(path: Path, option: str) -> str:
+    try:
+        value = path.read_text().strip()
+    except OSError as exc:
+        raise typer.BadParameter(f"cannot read {path}: {exc.strerror}", param_hint=f"'{option}'") from exc
+    if not value:
+        raise typer.BadParameter(f"{path} is empty", param_hint=f"'{option}'")
+    secrets.register(value)
+    return value
+
+
+def _uri_from(value: Optional[str], path: Optional[Path], option: str, required: bool = True) -> Optional[str]:
+    """A connection string from --<x>-uri or --<x>-uri-file (exactly one of them when required)."""
+    if value is not None and path is not None:
+        raise typer.BadParameter(f"give {option} or {option}-file, not both", param_hint=f"'{option}'")
+    if path is not None:
+        try:
+            return _mongo_uri(_read_secret_file(path, f"{option}-file"))
+        except typer.BadParameter as exc:
+            raise typer.BadParameter(str(exc.message), param_hint=f"'{option}-file'") from exc
+    if value is None and required:
+        raise typer.BadParameter(f"give {option} (or {option}-file with the connection string in a file)",
+                                 param_hint=f"'{option}'")
+    return value
+
+
+class SecurityProtocol(str, enum.Enum):
+    PLAINTEXT = "plaintext"
+    SSL = "ssl"
+    SASL_PLAINTEXT = "sasl_plaintext"
+    SASL_SSL = "sasl_ssl"
+
+
+class SaslMechanism(str, enum.Enum):
+    PLAIN = "PLAIN"
+    SCRAM_SHA_256 = "SCRAM-SHA-256"
+    SCRAM_SHA_512 = "SCRAM-SHA-512"
+
+
+def _kafka_settings(properties: Optional[list[str]], protocol: Optional[SecurityProtocol],
+                    mechanism: Optional[SaslMechanism], username: Optional[str], password: Optional[str],
+                    password_file: Optional[Path], ca_location: Optional[Path], certificate_location: Optional[Path],
+                    key_location: Optional[Path]) -> dict[str, str]:
+    """librdkafka properties from the first-class security flags, then -X (which wins)."""
+    if password is not None and password_file is not None:
+        raise typer.BadParameter("give --kafka-sasl-password or --kafka-sasl-password-file, not both",
+                                 param_hint="'--kafka-sasl-password'")
+    if password_file is not None:
+        password = _read_secret_file(password_file, "--kafka-sasl-password-file")
+    elif password:
+        secrets.register(password)
+    security: dict[str, str] = {}
+    if protocol is not None:
+        security["security.protocol"] = protocol.value
+    sasl = protocol in (SecurityProtocol.SASL_PLAINTEXT, SecurityProtocol.SASL_SSL)
+    if sasl and (mechanism is None or not username or not password):
+        raise typer.BadParameter(f"--kafka-security-protocol {protocol.value} needs --kafka-sasl-mechanism, "  # type: ignore[union-attr]
+                                 "--kafka-sasl-username and --kafka-sasl-password (or -file)",
+                                 param_hint="'--kafka-security-protocol'")
+    if not sasl and (mechanism is not None or username or password):
+        raise typer.BadParameter("SASL options need --kafka-security-protocol sasl_ssl (or sasl_plaintext)",
+                                 param_hint="'--kafka-sasl-mechanism'")
+    if sasl:
+        security.update({"sasl.mechanism": mechanism.value, "sasl.username": username,  # type: ignore[union-attr,dict-item]
+                         "sasl.password": password})  # type: ignore[dict-item]
+    tls_files = {"ssl.ca.location": ca_location, "ssl.certificate.location": certificate_location,
+                 "ssl.key.location": key_location}
+    for name, path in tls_files.items():
+        if path is None:
+            continue
+        if protocol not in (SecurityProtocol.SSL, SecurityProtocol.SASL_SSL):
+            raise typer.BadParameter(f"--kafka-{name.replace('.', '-')} needs --kafka-security-protocol ssl or sasl_ssl",
+                                     param_hint=f"'--kafka-{name.replace('.', '-')}'")
+        if not path.is_file():
+            raise typer.BadParameter(f"{path} is not a readable file", param_hint=f"'--kafka-{name.replace('.', '-')}'")
+        security[name] = str(path)
+    return {**security, **_kafka_properties(properties)}
+
+
 # ---------------------------------------------------------------------------------------------- shared options
 
 Brokers = Annotated[
@@ -257,6 +336,31 @@ KafkaProperty = Annotated[
     typer.Option("-X", "--kafka-property", help="librdkafka property key=value, passed through (repeatable).",
                  envvar=env("kafka_property"), show_envvar=True),
 ]
+KafkaSecurityProtocol = Annotated[Optional[SecurityProtocol], typer.Option(
+    "--kafka-security-protocol", help="Kafka: plaintext (default), ssl, sasl_plaintext or sasl_ssl.",
+    envvar=env("kafka_security_protocol"), show_envvar=True)]
+KafkaSaslMechanism = Annotated[Optional[SaslMechanism], typer.Option(
+    "--kafka-sasl-mechanism", help="Kafka SASL mechanism: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512.",
+    envvar=env("kafka_sasl_mechanism"), show_envvar=True)]
+KafkaSaslUsername = Annotated[Optional[str], typer.Option(
+    "--kafka-sasl-username", help="Kafka SASL user.", envvar=env("kafka_sasl_username"), show_envvar=True)]
+KafkaSaslPassword = Annotated[Optional[str], typer.Option(
+    "--kafka-sasl-password", help="Kafka SASL password (prefer the -file option or the environment variable).",
+    envvar=env("kafka_sasl_password"), show_envvar=True)]
+KafkaSaslPasswordFile = Annotated[Optional[Path], typer.Option(
+    "--kafka-sasl-password-file", help="File holding the Kafka SASL password (e.g. a mounted secret).",
+    envvar=env("kafka_sasl_password_file"), show_envvar=True)]
+KafkaSslCaLocation = Annotated[Optional[Path], typer.Option(
+    "--kafka-ssl-ca-location", help="Kafka TLS: CA certificate(s) to verify the brokers (PEM).",
+    envvar=env("kafka_ssl_ca_location"), show_envvar=True)]
+KafkaSslCertificateLocation = Annotated[Optional[Path], typer.Option(
+    "--kafka-ssl-certificate-location", help="Kafka TLS: client certificate (PEM), for mutual TLS.",
+    envvar=env("kafka_ssl_certificate_location"), show_envvar=True)]
+KafkaSslKeyLocation = Annotated[Optional[Path], typer.Option(
+    "--kafka-ssl-key-location", help="Kafka TLS: client private key (PEM), for mutual TLS.",
+    envvar=env("kafka_ssl_key_location"), show_envvar=True)]
+
+
 class LogFormatChoice(str, enum.Enum):
     TEXT = "text"
     JSON = "json"
@@ -311,12 +415,17 @@ def _run_process(
 
 @producer_app.command("run")
 def producer_run(
-    source_uri: Annotated[str, typer.Option("--source-uri", help="MongoDB connection string of the source replica set.",
-                                            envvar=env("source_uri"), show_envvar=True, callback=_mongo_uri)],
     brokers: Brokers,
     topic: Annotated[str, typer.Option("--topic", help="Kafka topic, or a template with {db} and {coll} for one topic "
                                        "per namespace (e.g. cdc.{db}.{coll}).", envvar=env("topic"), show_envvar=True,
                                        callback=_topic_template)],
+    source_uri: Annotated[Optional[str], typer.Option("--source-uri", help="MongoDB connection string of the source "
+                                                      "replica set (or mongos with --fetch-method change_stream).",
+                                                      envvar=env("source_uri"), show_envvar=True,
+                                                      callback=_optional_mongo_uri)] = None,
+    source_uri_file: Annotated[Optional[Path], typer.Option("--source-uri-file", help="File holding the source "
+                                                            "connection string (e.g. a mounted secret).",
+                                                            envvar=env("source_uri_file"), show_envvar=True)] = None,
     message_format: Annotated[MessageFormat, typer.Option("--format", help="raw: Avro container batches of events; "
                                                           "json: one Extended JSON event per message; bson: one BSON "
                                                           "event per message, exactly as read. See docs/formats.md.",
@@ -398,6 +507,10 @@ def producer_run(
     checkpoint_uri: Annotated[Optional[str], typer.Option("--checkpoint-uri", help="MongoDB holding the checkpoint "
                                                           "(default: the source).", envvar=env("checkpoint_uri"),
                                                           show_envvar=True, callback=_optional_mongo_uri)] = None,
+    checkpoint_uri_file: Annotated[Optional[Path], typer.Option("--checkpoint-uri-file", help="File holding the "
+                                                                "checkpoint store's connection string.",
+                                                                envvar=env("checkpoint_uri_file"),
+                                                                show_envvar=True)] = None,
     checkpoint_db: Annotated[str, typer.Option("--checkpoint-db", help="Database of the checkpoint collection; never "
                                                "replicated.", envvar=env("checkpoint_db"), show_envvar=True)] = "kafkashake",
     partitions: Annotated[int, typer.Option("--partitions", min=1, help="Partitions of each topic the producer "
@@ -409,6 +522,14 @@ def producer_run(
                                                       "per-document order), collection or database.",
                                                       envvar=env("partition_by"), show_envvar=True)] = PartitionBy.ID,
     kafka_property: KafkaProperty = None,
+    kafka_security_protocol: KafkaSecurityProtocol = None,
+    kafka_sasl_mechanism: KafkaSaslMechanism = None,
+    kafka_sasl_username: KafkaSaslUsername = None,
+    kafka_sasl_password: KafkaSaslPassword = None,
+    kafka_sasl_password_file: KafkaSaslPasswordFile = None,
+    kafka_ssl_ca_location: KafkaSslCaLocation = None,
+    kafka_ssl_certificate_location: KafkaSslCertificateLocation = None,
+    kafka_ssl_key_location: KafkaSslKeyLocation = None,
     metrics_host: MetricsHost = "127.0.0.1",
     metrics_port: Annotated[int, typer.Option("--metrics-port", min=0, max=65535, help="Port of /metrics (0: any free port).",
                                               envvar=env("producer_metrics_port"), show_envvar=True)] = 9100,
@@ -421,6 +542,8 @@ def producer_run(
 
     Exit codes: 0 stopped by SIGTERM/SIGINT after checkpointing; 1 fatal error; 2 invalid configuration;
     3 the checkpoint has fallen off the oplog or out of the change-stream history."""
+    source_uri = _uri_from(source_uri, source_uri_file, "--source-uri")
+    checkpoint_uri = _uri_from(checkpoint_uri, checkpoint_uri_file, "--checkpoint-uri", required=False)
     if watch_coll and not watch_db:
         raise typer.BadParameter("--watch-coll needs --watch-db", param_hint="'--watch-coll'")
     watch_options_given = (watch_db or watch_coll or show_expanded_events or full_document is not FullDocument.DEFAULT
@@ -448,7 +571,9 @@ def producer_run(
         namespaces=_namespace_filter(filter_namespace_white, filter_namespace_black), exit_at=_exit_point(exit_at),
         ddl=publish_ddl, control_token=control_token, sync_mode=sync_mode.value,
         snapshot=SnapshotSettings(snapshot_parallel, snapshot_batch_size, snapshot_split_docs, index_creation.value),
-        partitions=partitions, partition_by=partition_by, kafka_properties=_kafka_properties(kafka_property),
+        partitions=partitions, partition_by=partition_by, kafka_properties=_kafka_settings(kafka_property, kafka_security_protocol, kafka_sasl_mechanism, kafka_sasl_username,
+                                  kafka_sasl_password, kafka_sasl_password_file, kafka_ssl_ca_location,
+                                  kafka_ssl_certificate_location, kafka_ssl_key_location),
         metrics_host=metrics_host, metrics_port=metrics_port,
     )
     _run_process("producer", log_format, log_level, lambda shutdown: ProducerRun(settings, shutdown).run())
@@ -460,8 +585,12 @@ def producer_run(
 @consumer_app.command("run")
 def consumer_run(
     brokers: Brokers,
-    dest_uri: Annotated[str, typer.Option("--dest-uri", help="MongoDB connection string of the destination.",
-                                          envvar=env("dest_uri"), show_envvar=True, callback=_mongo_uri)],
+    dest_uri: Annotated[Optional[str], typer.Option("--dest-uri", help="MongoDB connection string of the destination.",
+                                                    envvar=env("dest_uri"), show_envvar=True,
+                                                    callback=_optional_mongo_uri)] = None,
+    dest_uri_file: Annotated[Optional[Path], typer.Option("--dest-uri-file", help="File holding the destination "
+                                                          "connection string (e.g. a mounted secret).",
+                                                          envvar=env("dest_uri_file"), show_envvar=True)] = None,
     topic: Annotated[Optional[str], typer.Option("--topic", help="Topic to replay (this or --topic-pattern).",
                                                  envvar=env("topic"), show_envvar=True)] = None,
     topic_pattern: Annotated[Optional[str], typer.Option("--topic-pattern", help="Regular expression of the topics to "
@@ -518,6 +647,14 @@ def consumer_run(
                                                      "transaction operations).", envvar=env("transform_namespace"),
                                                      show_envvar=True)] = "",
     kafka_property: KafkaProperty = None,
+    kafka_security_protocol: KafkaSecurityProtocol = None,
+    kafka_sasl_mechanism: KafkaSaslMechanism = None,
+    kafka_sasl_username: KafkaSaslUsername = None,
+    kafka_sasl_password: KafkaSaslPassword = None,
+    kafka_sasl_password_file: KafkaSaslPasswordFile = None,
+    kafka_ssl_ca_location: KafkaSslCaLocation = None,
+    kafka_ssl_certificate_location: KafkaSslCertificateLocation = None,
+    kafka_ssl_key_location: KafkaSslKeyLocation = None,
     metrics_host: MetricsHost = "127.0.0.1",
     metrics_port: Annotated[int, typer.Option("--metrics-port", min=0, max=65535, help="Port of /metrics (0: any free port).",
                                               envvar=env("consumer_metrics_port"), show_envvar=True)] = 9101,
@@ -531,6 +668,7 @@ def consumer_run(
     undecodable message or an event the destination rejects for good); 2 invalid configuration."""
     if (topic is None) == (topic_pattern is None):
         raise typer.BadParameter("give exactly one of --topic and --topic-pattern", param_hint="'--topic'")
+    dest_uri = _uri_from(dest_uri, dest_uri_file, "--dest-uri")
     from consumer.applier import ReplayPolicy
     from consumer.run import ConsumerRun
     from consumer.settings import ConsumerSettings
@@ -544,7 +682,9 @@ def consumer_run(
 
     settings = ConsumerSettings(
         brokers=brokers, topic=topic or "", topic_pattern=topic_pattern or "", dest_uri=dest_uri, group=group or "",
-        checkpoint_db=checkpoint_db, kafka_properties=_kafka_properties(kafka_property),
+        checkpoint_db=checkpoint_db, kafka_properties=_kafka_settings(kafka_property, kafka_security_protocol, kafka_sasl_mechanism, kafka_sasl_username,
+                                  kafka_sasl_password, kafka_sasl_password_file, kafka_ssl_ca_location,
+                                  kafka_ssl_certificate_location, kafka_ssl_key_location),
         batch_max_messages=batch_max_messages, policy=policy, conflict_write_to=conflict_write_to.value,
         conflict_db=conflict_db, target_delay_s=target_delay, on_error=on_error.value,
         dead_letter_topic=dead_letter_topic or "", exit_at=_exit_point(exit_at), control_token=control_token,
@@ -589,6 +729,14 @@ def inspect(
                                                   "canonical Extended JSON line per event with its Kafka position "
                                                   "and headers.")] = InspectOutput.PRETTY,
     kafka_property: KafkaProperty = None,
+    kafka_security_protocol: KafkaSecurityProtocol = None,
+    kafka_sasl_mechanism: KafkaSaslMechanism = None,
+    kafka_sasl_username: KafkaSaslUsername = None,
+    kafka_sasl_password: KafkaSaslPassword = None,
+    kafka_sasl_password_file: KafkaSaslPasswordFile = None,
+    kafka_ssl_ca_location: KafkaSslCaLocation = None,
+    kafka_ssl_certificate_location: KafkaSslCertificateLocation = None,
+    kafka_ssl_key_location: KafkaSslKeyLocation = None,
 ) -> None:
     """Decode messages of any kafkashake format (raw, json, bson), with or without headers, and print their
     events, like kcat for our formats. Undecodable messages are shown with their headers and a preview."""
@@ -597,7 +745,9 @@ def inspect(
     logs.configure("text", "warning")
     try:
         run_inspect(brokers, topic, partition, parse_offset(offset), limit, follow, output.value,
-                    _kafka_properties(kafka_property))
+                    _kafka_settings(kafka_property, kafka_security_protocol, kafka_sasl_mechanism, kafka_sasl_username,
+                                  kafka_sasl_password, kafka_sasl_password_file, kafka_ssl_ca_location,
+                                  kafka_ssl_certificate_location, kafka_ssl_key_location))
     except FatalError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(exc.exit_code) from None
