@@ -482,6 +482,13 @@ def producer_run(
                                                 "snapshot events), then stream from a position captured before the "
                                                 "copy. full: copy, then exit. A copy resumes where it stopped.",
                                                 envvar=env("sync_mode"), show_envvar=True)] = SyncMode.INCR,
+    ha: Annotated[bool, typer.Option("--ha", help="High availability: run several instances with the same --name; they "
+                                     "elect one leader through a lease in the checkpoint database, the others stand "
+                                     "by and take over when it expires. Checkpoint writes are fenced by the lease "
+                                     "epoch.", envvar=env("ha"), show_envvar=True)] = False,
+    ha_lease_seconds: Annotated[float, typer.Option("--ha-lease-seconds", min=2, help="--ha: lease length; a standby "
+                                                    "takes over at most this long after the leader stops renewing.",
+                                                    envvar=env("ha_lease_seconds"), show_envvar=True)] = 10.0,
     index_creation: Annotated[IndexCreation, typer.Option("--index-creation", help="Copy: publish each collection's "
                                                           "indexes before its documents, after them (faster bulk "
                                                           "load on the destination), or not at all.",
@@ -569,7 +576,7 @@ def producer_run(
                             show_expanded_events, on_history_lost.value),
         start_position=start_position, checkpoint_uri=checkpoint_uri, checkpoint_db=checkpoint_db,
         namespaces=_namespace_filter(filter_namespace_white, filter_namespace_black), exit_at=_exit_point(exit_at),
-        ddl=publish_ddl, control_token=control_token, sync_mode=sync_mode.value,
+        ddl=publish_ddl, control_token=control_token, sync_mode=sync_mode.value, ha=ha, ha_lease_s=ha_lease_seconds,
         snapshot=SnapshotSettings(snapshot_parallel, snapshot_batch_size, snapshot_split_docs, index_creation.value),
         partitions=partitions, partition_by=partition_by, kafka_properties=_kafka_settings(kafka_property, kafka_security_protocol, kafka_sasl_mechanism, kafka_sasl_username,
                                   kafka_sasl_password, kafka_sasl_password_file, kafka_ssl_ca_location,

@@ -11,8 +11,14 @@ from typing import Any
 
 from bson.timestamp import Timestamp
 from pymongo.collection import Collection
+from pymongo.errors import DuplicateKeyError
 
+from runtime.errors import FatalError
 from runtime.version import VERSION
+
+
+class FencedError(FatalError):
+    """A newer leader (higher --ha epoch) wrote the checkpoint: this instance must not move it any more."""
 
 
 @dataclass(frozen=True)
@@ -29,6 +35,8 @@ class CheckpointStore:
         self._task = task
         self._fetch_method = fetch_method
         self._last_saved: Checkpoint | None = None
+        # --ha: the lease epoch this instance writes with; writes fail once a higher epoch has written.
+        self.epoch: int | None = None
 
     def load(self) -> Checkpoint | None:
         document = self._collection.find_one({"_id": self._task})
@@ -38,23 +46,40 @@ class CheckpointStore:
                                       document.get("fetch_method", "oplog"), document.get("scope", ""))
         return self._last_saved
 
+    def _fenced(self) -> dict[str, Any]:
+        match: dict[str, Any] = {"_id": self._task}
+        if self.epoch is not None:
+            match["$or"] = [{"epoch": {"$lte": self.epoch}}, {"epoch": {"$exists": False}}]
+        return match
+
+    def claim(self, epoch: int) -> None:
+        """--ha: write with `epoch` from now on, and mark the checkpoint so no lower epoch can write it again."""
+        self.epoch = epoch
+        claimed = self._collection.update_one(self._fenced(), {"$set": {"epoch": epoch}})
+        if claimed.matched_count == 0 and self._collection.find_one({"_id": self._task}) is not None:
+            raise self._fenced_error()
+
+    def _fenced_error(self) -> FencedError:
+        return FencedError(f"the checkpoint was written by a newer leader (epoch above {self.epoch}): this instance "
+                           "lost the --ha lease and stops without moving it")
+
     def save(self, checkpoint: Checkpoint) -> bool:
         """Persist `checkpoint` if it moved. Returns whether a write happened."""
         if checkpoint == self._last_saved:
             return False
-        self._collection.update_one(
-            {"_id": self._task},
-            {
-                "$set": {
-                    "ts": checkpoint.ts,
-                    "resume_token": checkpoint.resume_token,
-                    "fetch_method": checkpoint.fetch_method,
-                    "scope": checkpoint.scope,
-                    "version": VERSION,
-                    "updated_at": _dt.datetime.now(tz=_dt.timezone.utc),
-                }
-            },
-            upsert=True,
-        )
+        fields = {
+            "ts": checkpoint.ts,
+            "resume_token": checkpoint.resume_token,
+            "fetch_method": checkpoint.fetch_method,
+            "scope": checkpoint.scope,
+            "version": VERSION,
+            "updated_at": _dt.datetime.now(tz=_dt.timezone.utc),
+        }
+        if self.epoch is not None:
+            fields["epoch"] = self.epoch
+        try:
+            self._collection.update_one(self._fenced(), {"$set": fields}, upsert=True)
+        except DuplicateKeyError as exc:
+            raise self._fenced_error() from exc
         self._last_saved = checkpoint
         return True

@@ -14,6 +14,7 @@ from oplog.entry import Operation
 from producer.change_stream_source import ChangeStreamSource
 from producer.checkpoint import Checkpoint, CheckpointStore
 from producer.full_sync import FullSync
+from producer.leadership import Lease
 from producer.metrics import ProducerMetrics
 from producer.operations import OperationExtractor
 from producer.oplog_reader import OplogReader
@@ -70,6 +71,8 @@ class ProducerRun:
             settings.sync_mode, settings.snapshot, self.source_client, self.store,
             SnapshotStore(self.store_client[settings.checkpoint_db]["snapshot"], settings.name), settings.namespaces,
             settings.private_databases, self.metrics, shutdown, self._call)
+        self.lease = (Lease(self.store_client[settings.checkpoint_db]["lease"], settings.name, settings.ha_lease_s)
+                      if settings.ha else None)
         self._window_checked_at = 0.0
         self.controls = RuntimeControls(frozenset({"pause", "resume", "exit_at"}), exit_at=settings.exit_at)
         self._rates = RateMeter()
@@ -101,6 +104,9 @@ class ProducerRun:
             "paused": self.controls.paused,
             "exit_at": describe_position(self.controls.exit_at),
             "snapshot": self.full_sync.status() if self.full_sync else None,
+            "ha": None if self.lease is None else {
+                "instance": self.lease.instance, "epoch": self.lease.epoch,
+                "role": "leader" if self.lease.epoch and not self.lease.lost.is_set() else "standby"},
             "config": sanitized(self.settings),
         }
 
@@ -143,6 +149,10 @@ class ProducerRun:
         mongo.ensure_reachable(self.source_client, "source", settings.source_uri, stop)
         if settings.checkpoint_uri:
             mongo.ensure_reachable(self.store_client, "checkpoint store", settings.checkpoint_uri, stop)
+        if self.lease is not None:
+            if not self.lease.wait_for_leadership(self.shutdown):
+                return
+            self._call(lambda: self.store.claim(self.lease.epoch), "claiming the checkpoint")  # type: ignore[union-attr]
         if self.full_sync is None:
             start = self._starting_checkpoint()
         else:
@@ -167,7 +177,7 @@ class ProducerRun:
         try:
             self.liveness.beat()
             if self.full_sync is not None and self.full_sync.copy_pending:
-                if not self.full_sync.copy(publisher, self.source.window, self.liveness.beat,
+                if not self.full_sync.copy(publisher, self.source.window, self._beat,
                                            settings.checkpoint_interval_s):
                     return
                 self._start_source(start)
@@ -179,8 +189,11 @@ class ProducerRun:
         finally:
             remaining = publisher.flush(FLUSH_TIMEOUT_S)
             final = self.source.safe_checkpoint() if self._source_started else start
-            if publisher.delivery_error is None and self._source_started:
+            lease_lost = self.lease is not None and self.lease.lost.is_set()
+            if publisher.delivery_error is None and self._source_started and not lease_lost:
                 self._call(lambda: self.store.save(final), "saving the final checkpoint")
+            if self.lease is not None:
+                self.lease.release()
             log.info("producer stopped", extra={"checkpoint": position.describe(final.ts), "unacknowledged": remaining})
 
     def _start_source(self, start: Checkpoint) -> None:
@@ -193,10 +206,10 @@ class ProducerRun:
         while not self.shutdown.requested:
             try:
                 for pending in self.source.changes():
-                    self.liveness.beat()
+                    self._beat()
                     while self.controls.paused and not self.shutdown.requested:
                         publisher.poll(0.2)
-                        self.liveness.beat()
+                        self._beat()
                         if time.monotonic() - last_save >= self.settings.checkpoint_interval_s:
                             self._checkpoint()
                             last_save = time.monotonic()
@@ -226,6 +239,13 @@ class ProducerRun:
                 delay = backoff.next_delay()
                 log.warning("source unavailable, retrying", extra={"error": str(exc), "retry_in_s": round(delay, 2)})
                 self.shutdown.wait(delay)
+
+    def _beat(self) -> None:
+        """The main loop turned: tell /readyz, and stop if another instance took the --ha lease."""
+        self.liveness.beat()
+        if self.lease is not None and self.lease.lost.is_set():
+            raise FatalError("lost the --ha lease: another instance leads this task now; stopping without moving "
+                             "the checkpoint (restart to stand by)")
 
     def _past_exit_point(self, ts: Timestamp) -> bool:
         """--exit-at: true once `ts` is beyond the exit point; everything at or before it has been handed over."""

@@ -27,6 +27,8 @@ class ProducerSettings:
     control_token: str | None = None
     watch: WatchSettings = field(default_factory=WatchSettings)
     sync_mode: str = "incr"
+    ha: bool = False
+    ha_lease_s: float = 10.0
     snapshot: SnapshotSettings = field(default_factory=SnapshotSettings)
     start_position: str = "latest"
     checkpoint_uri: str | None = None

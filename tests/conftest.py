@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import signal
 import subprocess
@@ -18,7 +19,8 @@ from pymongo import MongoClient
 
 from kafkashake import embedded
 
-FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "oplog"
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT.parent / "shared" / "fixtures" / "oplog"
 LOCAL_FIXTURES = Path(__file__).resolve().parent / "fixtures" / "oplog"
 FAST_GROUP = ["-X", "session.timeout.ms=6000", "-X", "heartbeat.interval.ms=500"]
 FIXTURE_JSON = json_util.JSONOptions(document_class=dict, uuid_representation=UuidRepresentation.UNSPECIFIED)
@@ -60,18 +62,25 @@ def shared_mongo(stack: embedded.EmbeddedStack) -> embedded.Service:
     return stack.start_mongo("shared-mongo")
 
 
+def discard(service: embedded.Service) -> None:
+    """Throwaway servers are killed rather than shut down cleanly: their data is never read again."""
+    if service.process.poll() is None:
+        service.process.kill()
+        service.process.wait(30)
+
+
 @pytest.fixture
 def source(stack: embedded.EmbeddedStack) -> Iterator[embedded.Service]:
     service = stack.start_mongo(f"source-{uuid.uuid4().hex[:6]}")
     yield service
-    service.stop()
+    discard(service)
 
 
 @pytest.fixture
 def destination(stack: embedded.EmbeddedStack) -> Iterator[embedded.Service]:
     service = stack.start_mongo(f"dest-{uuid.uuid4().hex[:6]}")
     yield service
-    service.stop()
+    discard(service)
 
 
 def client(service: embedded.Service) -> MongoClient:
@@ -159,6 +168,11 @@ def wait_until(condition: Callable[[], bool], timeout: float, message: str, inte
             return
         time.sleep(interval)
     pytest.fail(f"timed out after {timeout:.0f} s: {message}")
+
+
+def endpoint_url(log: str, path: str) -> str:
+    """The URL of `path` on the HTTP endpoint a process announced in its log."""
+    return re.search(r"url=(http://127\.0\.0\.1:\d+)/status", log).group(1) + path
 
 
 def dump_json(value: object) -> str:

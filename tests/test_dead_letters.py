@@ -13,7 +13,7 @@ import pytest
 from bson.timestamp import Timestamp
 from confluent_kafka import Producer
 
-from conftest import client, consumer_args, unique, wait_until
+from conftest import client, consumer_args, endpoint_url, unique, wait_until
 from runtime.kafka_topics import TopicDirectory
 from schemas import headers
 from test_pipeline import read_topic
@@ -66,10 +66,6 @@ def publish_mixed(brokers: str, topic: str) -> dict[str, tuple[bytes, str]]:
     return bad
 
 
-def metrics_url(log: str) -> str:
-    return re.search(r"url=(http://127\.0\.0\.1:\d+)/status", log).group(1) + "/metrics"
-
-
 def test_bad_messages_are_dead_lettered_and_good_ones_applied(destination, brokers, cli) -> None:
     dst = client(destination)["dl"]
     dst.create_collection("strict", validator={"$jsonSchema": {"required": ["name"]}})
@@ -93,7 +89,7 @@ def test_bad_messages_are_dead_lettered_and_good_ones_applied(destination, broke
         assert letter[headers.DLQ_ERROR] and letter[headers.DLQ_TIME].endswith("Z")
         assert int(letter[headers.DLQ_PARTITION]) in (0, 1) and int(letter[headers.DLQ_OFFSET]) >= 0
 
-    metrics = urllib.request.urlopen(metrics_url(consumer.log()), timeout=10).read().decode()
+    metrics = urllib.request.urlopen(endpoint_url(consumer.log(), "/metrics"), timeout=10).read().decode()
     counted = {m.group(1): float(m.group(2))
                for m in re.finditer(r'kafkashake_consumer_dead_letters_total\{reason="(\w+)"\} (\S+)', metrics)}
     assert counted == {"undecodable": 5.0, "unknown_op": 1.0, "rejected": 1.0}

@@ -3,7 +3,6 @@ shown, first-class Kafka security flags, and configuration that cannot work refu
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import sys
 import urllib.request
@@ -13,7 +12,7 @@ import pytest
 import typer
 from pymongo import MongoClient
 
-from conftest import FAST_GROUP, unique, wait_until
+from conftest import FAST_GROUP, endpoint_url, unique, wait_until
 from kafkashake import cli as kafkashake_cli
 from kafkashake import embedded, workload
 
@@ -83,7 +82,7 @@ def test_auth_and_tls_with_connection_strings_from_files(secured_mongo, brokers,
 
     wait_until(replicated, 90, "replicated through an authenticated TLS connection")
     for process in (producer, consumer):
-        status_url = re.search(r"url=(http://127\.0\.0\.1:\d+/status)", process.log()).group(1)
+        status_url = endpoint_url(process.log(), "/status")
         status = urllib.request.urlopen(status_url, timeout=10).read().decode()
         assert PASSWORD not in status and json.loads(status)["role"] in ("producer", "consumer")
         assert process.terminate() == 0, process.log()

@@ -1,0 +1,175 @@
+"""Faults on real processes: every one either recovers or stops loudly, and the destination ends equal to the source.
+
+kill -9 of either process, a frozen broker, the source and the destination going away for 10 s, and a producer
+failing over to a standby (--ha) with fenced checkpoints."""
+from __future__ import annotations
+
+import signal
+import threading
+import time
+
+import pytest
+
+from conftest import client, consumer_args, producer_args, unique, wait_until
+from kafkashake import embedded, workload
+from producer.checkpoint import Checkpoint, CheckpointStore, FencedError
+from test_pipeline import wait_equal
+
+pytestmark = pytest.mark.e2e
+
+
+class Workload:
+    """The mixed workload in a background thread, in rounds with distinct seeds."""
+
+    def __init__(self, db) -> None:
+        self.db = db
+        self.errors: list[BaseException] = []
+        self._thread: threading.Thread | None = None
+
+    def start(self, operations: int, seed: int) -> "Workload":
+        def drive() -> None:
+            try:
+                workload.run_workload(self.db, operations, seed=seed, transactions=False)
+            except BaseException as exc:  # noqa: BLE001 - reported by join()
+                self.errors.append(exc)
+
+        self._thread = threading.Thread(target=drive, daemon=True)
+        self._thread.start()
+        return self
+
+    def join(self, timeout: float = 300) -> None:
+        assert self._thread is not None
+        self._thread.join(timeout)
+        assert not self._thread.is_alive(), "the workload did not finish"
+        assert not self.errors, self.errors
+
+
+def round_db(source, round_: int):
+    """Each round writes its own database, so rounds with restarted id counters never collide."""
+    return client(source)[f"round{round_}"]
+
+
+def test_kill9_each_process_five_times_and_every_time_the_destination_catches_up(source, destination, brokers,
+                                                                                  cli) -> None:
+    topic = unique("kill9x10")
+    producer = cli(*producer_args(source, brokers, topic, "--start-position", "earliest"), name="producer").start()
+    consumer = cli(*consumer_args(destination, brokers, topic), name="consumer").start()
+    for round_ in range(10):
+        victim = producer if round_ % 2 == 0 else consumer
+        running = Workload(round_db(source, round_)).start(300, seed=round_)
+        time.sleep(0.8)
+        victim.kill9()
+        time.sleep(0.3)
+        victim.start()
+        running.join()
+        wait_equal(source, destination, f"round{round_}", timeout=120)
+    assert producer.terminate() == 0 and consumer.terminate() == 0
+
+
+def test_broker_frozen_for_20_seconds_both_processes_recover(stack, source, destination, cli) -> None:
+    broker = stack.start_kafka(unique("frozen-kafka"))
+    brokers = embedded.brokers(broker)
+    topic = unique("frozen")
+    producer = cli(*producer_args(source, brokers, topic, "--start-position", "earliest"), name="producer").start()
+    consumer = cli(*consumer_args(destination, brokers, topic), name="consumer").start()
+    try:
+        Workload(client(source)["before"]).start(200, seed=1).join()
+        wait_equal(source, destination, "before")
+        during = Workload(client(source)["during"]).start(400, seed=2)
+        broker.signal(signal.SIGSTOP)
+        time.sleep(20)
+        broker.signal(signal.SIGCONT)
+        during.join()
+        wait_equal(source, destination, "during", timeout=180)
+        assert producer.running and consumer.running
+        assert producer.terminate() == 0, producer.log()
+        assert consumer.terminate() == 0, consumer.log()
+    finally:
+        broker.signal(signal.SIGCONT)
+        broker.stop()
+
+
+def test_source_down_for_10_seconds_producer_resumes(stack, destination, brokers, cli) -> None:
+    source = stack.start_mongo(unique("restarted-source"))
+    topic = unique("source-down")
+    producer = cli(*producer_args(source, brokers, topic, "--start-position", "earliest"), name="producer").start()
+    consumer = cli(*consumer_args(destination, brokers, topic), name="consumer").start()
+    try:
+        Workload(client(source)["first"]).start(200, seed=3).join()
+        wait_equal(source, destination, "first")
+        source.stop()
+        time.sleep(10)
+        source = stack.restart(source)
+        Workload(client(source)["second"]).start(200, seed=4).join()
+        wait_equal(source, destination, "second", timeout=180)
+        wait_equal(source, destination, "first")
+        assert producer.running, producer.log()
+        assert "retrying" in producer.log()
+        assert producer.terminate() == 0 and consumer.terminate() == 0
+    finally:
+        source.stop()
+
+
+def test_destination_down_for_10_seconds_consumer_retries_and_loses_nothing(stack, source, brokers, cli) -> None:
+    destination = stack.start_mongo(unique("restarted-dest"))
+    topic = unique("dest-down")
+    producer = cli(*producer_args(source, brokers, topic, "--start-position", "earliest"), name="producer").start()
+    consumer = cli(*consumer_args(destination, brokers, topic), name="consumer").start()
+    try:
+        Workload(client(source)["first"]).start(150, seed=5).join()
+        wait_equal(source, destination, "first")
+        destination.stop()
+        Workload(client(source)["second"]).start(300, seed=6).join()  # written while the destination is away
+        time.sleep(10)
+        destination = stack.restart(destination)
+        wait_equal(source, destination, "second", timeout=180)
+        assert consumer.running, consumer.log()
+        assert "retrying" in consumer.log()
+        assert consumer.terminate() == 0 and producer.terminate() == 0
+    finally:
+        destination.stop()
+
+
+def test_ha_standby_takes_over_within_the_lease_after_kill9(source, destination, brokers, cli) -> None:
+    topic = unique("ha")
+    lease_s = 4.0
+    args = producer_args(source, brokers, topic, "--start-position", "earliest", "--ha", "--ha-lease-seconds",
+                         str(lease_s))
+    first = cli(*args, name="producer-a").start()
+    wait_until(lambda: "leading" in first.log(), 60, "a leader")
+    second = cli(*args, name="producer-b").start()
+    wait_until(lambda: "standing by" in second.log(), 60, "a standby")
+    consumer = cli(*consumer_args(destination, brokers, topic), name="consumer").start()
+    leases = client(source)["kafkashake"]["lease"]
+    running = Workload(client(source)["ha"]).start(1500, seed=7)
+    time.sleep(2)
+    first.kill9()
+    killed_at = time.monotonic()
+    wait_until(lambda: "leading" in second.log(), lease_s + 10, "the standby to take over", interval=0.1)
+    took_over_after = time.monotonic() - killed_at
+    assert took_over_after <= lease_s + 2, took_over_after
+    assert leases.find_one({"_id": "kafkashake"})["epoch"] == 2
+    running.join()
+    wait_equal(source, destination, "ha", timeout=180)
+    assert second.terminate() == 0 and consumer.terminate() == 0
+    print(f"standby took over {took_over_after:.1f} s after the leader was killed (lease {lease_s} s)")
+
+
+def test_a_stale_leader_cannot_move_the_checkpoint(shared_mongo) -> None:
+    collection = client(shared_mongo)["fencing"][unique("checkpoint")]
+    old, new = CheckpointStore(collection, "task", "oplog"), CheckpointStore(collection, "task", "oplog")
+    old.claim(1)
+    old.save(Checkpoint(_ts(10)))
+    new.claim(2)
+    new.save(Checkpoint(_ts(20)))
+    with pytest.raises(FencedError):
+        old.save(Checkpoint(_ts(30)))
+    with pytest.raises(FencedError):
+        CheckpointStore(collection, "task", "oplog").claim(1)
+    assert collection.find_one({"_id": "task"})["ts"] == _ts(20)
+
+
+def _ts(seconds: int):
+    from bson.timestamp import Timestamp
+
+    return Timestamp(1_800_000_000 + seconds, 1)
