@@ -1,0 +1,118 @@
+"""Consumer memory under a held backlog, and scale-out.
+
+memory: the consumer process's RSS while `--target-delay` holds a backlog of --backlog events (default 1M) in
+Kafka. Goal: flat and under 300 MB (the backlog waits in Kafka, not in the consumer).
+scale-out: time for one consumer process, then two in one group, to apply --events inserts from an 8-partition
+topic; the ratio is two's rate over one's.
+Usage: python bench/consumer_scale.py [--backlog 1000000] [--events 100000] [--hold-seconds 60]
+Writes bench/results/consumer_scale.json."""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import platform
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import bson
+from bson.timestamp import Timestamp
+from pymongo import MongoClient
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.consumer_catchup import documents, events, publish  # noqa: E402
+from bench.soak import rss_mb  # noqa: E402
+from kafkashake import embedded  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results" / "consumer_scale.json"
+MEMORY_GOAL_MB = 300.0
+
+
+def consumer(stack: embedded.EmbeddedStack, destination, brokers: str, topic: str, group: str,
+             *extra: str) -> subprocess.Popen:
+    log = (stack.workdir / f"consumer-{uuid.uuid4().hex[:6]}.log").open("wb")
+    return subprocess.Popen([sys.executable, "-m", "kafkashake", "consumer", "run", "--dest-uri",
+                             embedded.mongo_uri(destination), "--brokers", brokers, "--topic", topic, "--group", group,
+                             "--metrics-port", "0", "-X", "session.timeout.ms=6000", "-X", "heartbeat.interval.ms=500",
+                             *extra], stdout=log, stderr=subprocess.STDOUT)
+
+
+def held_backlog_memory(stack, destination, brokers: str, backlog: int, hold_s: float) -> dict:
+    topic = f"held-{uuid.uuid4().hex[:6]}"
+    now = Timestamp(int(time.time()), 0)
+    encoded = [(document, bson.encode({"op": "i", "ns": "held.items", "o": document,
+                                       "ts": Timestamp(now.time, i + 1)}))
+               for i, document in enumerate(documents(backlog))]
+    publish(brokers, topic, "held.items", encoded)
+    del encoded
+    process = consumer(stack, destination, brokers, topic, f"held-{uuid.uuid4().hex[:6]}", "--target-delay", "3600")
+    samples = []
+    started = time.monotonic()
+    try:
+        while time.monotonic() - started < hold_s:
+            time.sleep(5)
+            samples.append(round(rss_mb(process.pid), 1))
+            print(f"  held backlog: consumer RSS {samples[-1]} MB", flush=True)
+    finally:
+        process.terminate()
+        process.wait(60)
+    applied = MongoClient(embedded.mongo_uri(destination)).held.items.estimated_document_count()
+    half = len(samples) // 2
+    flat = max(samples[half:]) <= max(samples[:half]) * 1.1 + 5
+    return {"backlog": backlog, "samples_mb": samples, "max_mb": max(samples), "applied_while_held": applied,
+            "flat": flat, "under_goal": max(samples) < MEMORY_GOAL_MB}
+
+
+def apply_time(stack, destination, brokers: str, topic: str, ns: str, expected: int, instances: int) -> float:
+    group = f"scale-{uuid.uuid4().hex[:6]}"
+    processes = [consumer(stack, destination, brokers, topic, group) for _ in range(instances)]
+    db, coll = ns.split(".")
+    target = MongoClient(embedded.mongo_uri(destination))[db][coll]
+    try:
+        while target.estimated_document_count() == 0:
+            time.sleep(0.02)
+        started = time.monotonic()
+        while target.estimated_document_count() < expected:
+            time.sleep(0.05)
+        return expected / (time.monotonic() - started)
+    finally:
+        for process in processes:
+            process.terminate()
+            process.wait(60)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backlog", type=int, default=1_000_000)
+    parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument("--hold-seconds", type=float, default=60.0)
+    args = parser.parse_args()
+    with embedded.EmbeddedStack() as stack:
+        destination = stack.start_mongo("scale-dest")
+        brokers = embedded.brokers(stack.start_kafka())
+        rates = {}
+        for instances in (1, 2):
+            ns = f"scale{instances}.items"
+            topic = f"scale-{uuid.uuid4().hex[:6]}"
+            publish(brokers, topic, ns, events("insert", ns, documents(args.events)))
+            rates[instances] = apply_time(stack, destination, brokers, topic, ns, args.events, instances)
+            print(f"{instances} consumer(s): {rates[instances]:.0f} events/s", flush=True)
+        memory = held_backlog_memory(stack, destination, brokers, args.backlog, args.hold_seconds)
+    report = {"date": dt.date.today().isoformat(), "machine": f"{platform.machine()} {platform.node()}",
+              "scale_out": {"events": args.events, "one_per_s": round(rates[1]), "two_per_s": round(rates[2]),
+                            "ratio": round(rates[2] / rates[1], 2)},
+              "memory": memory}
+    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"scale-out ratio (two / one): {rates[2] / rates[1]:.2f}")
+    print(f"held backlog of {args.backlog}: max RSS {memory['max_mb']} MB, flat: {memory['flat']}, "
+          f"applied while held: {memory['applied_while_held']}")
+    return 0 if memory["flat"] and memory["under_goal"] and memory["applied_while_held"] == 0 else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
