@@ -15,6 +15,7 @@ from runtime.errors import PositionLostError
 IDLE = None
 CAPPED_POSITION_LOST = 136
 OPLOG_QUERY_BATCH = 2000
+CATCH_UP_BATCH = 10_000
 
 
 class OplogReader:
@@ -47,9 +48,23 @@ class OplogReader:
         )
 
     def tail(self, after: Timestamp) -> Iterator[RawBSONDocument | None]:
-        """Entries with `ts > after`, in order, forever. Yields `IDLE` whenever the cursor has caught up."""
+        """Entries with `ts > after`, in order, forever. Yields `IDLE` whenever the cursor has caught up.
+
+        A backlog is read with a plain forward scan in large batches first (on SecantusDB twice as fast as a
+        tailable cursor), then a tailable await cursor follows on from the last entry read. Several entries may
+        share a `ts`, so it starts at that `ts` again and passes over the ones already read."""
+        last, already_read = after, 0
+        try:
+            for entry in self._oplog.find({"ts": {"$gt": after}}, batch_size=CATCH_UP_BATCH, oplog_replay=True):
+                ts = entry["ts"]
+                last, already_read = (last, already_read + 1) if ts == last else (ts, 1)
+                yield entry
+        except OperationFailure as exc:
+            self._raise_if_rolled_over(exc, after)
+            raise
+        bound = {"$gte": last} if already_read else {"$gt": last}
         cursor = self._oplog.find(
-            {"ts": {"$gt": after}},
+            {"ts": bound},
             cursor_type=CursorType.TAILABLE_AWAIT,
             batch_size=OPLOG_QUERY_BATCH,
             oplog_replay=True,
@@ -61,13 +76,21 @@ class OplogReader:
                 except StopIteration:
                     yield IDLE
                     continue
+                if already_read and entry["ts"] == last:
+                    already_read -= 1
+                    continue
+                already_read = 0
                 yield entry
         except OperationFailure as exc:
-            if exc.code == CAPPED_POSITION_LOST:
-                raise PositionLostError(
-                    f"the oplog rolled over past the read position {position.describe(after)} while tailing: "
-                    "resynchronise the destination and enlarge the oplog"
-                ) from exc
+            self._raise_if_rolled_over(exc, after)
             raise
         finally:
             cursor.close()
+
+    @staticmethod
+    def _raise_if_rolled_over(exc: OperationFailure, after: Timestamp) -> None:
+        if exc.code == CAPPED_POSITION_LOST:
+            raise PositionLostError(
+                f"the oplog rolled over past the read position {position.describe(after)} while reading: "
+                "resynchronise the destination and enlarge the oplog"
+            ) from exc
