@@ -19,7 +19,7 @@ from pathlib import Path
 from bson.codec_options import CodecOptions
 from bson.objectid import ObjectId
 from bson.raw_bson import RawBSONDocument
-from pymongo import MongoClient
+from pymongo import MongoClient, UpdateOne
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -45,8 +45,9 @@ def seed(client: MongoClient, entries: int) -> None:
                  for i in range(inserts)]
     for start in range(0, inserts, 10_000):
         client.bench.items.insert_many(documents[start:start + 10_000])
-    for document in documents[: entries - inserts]:
-        client.bench.items.update_one({"_id": document["_id"]}, {"$set": {"n": -1}})
+    updates = [UpdateOne({"_id": d["_id"]}, {"$set": {"n": -1}}) for d in documents[: entries - inserts]]
+    for start in range(0, len(updates), 10_000):
+        client.bench.items.bulk_write(updates[start:start + 10_000])
 
 
 def bare_scan(client: MongoClient, after, until) -> tuple[float, int]:
@@ -86,7 +87,7 @@ def main() -> int:
     args = parser.parse_args()
     samples: dict[str, list[float]] = {"baseline": [], **{f.value: [] for f in MessageFormat}}
     with embedded.EmbeddedStack() as stack:
-        source = stack.start_mongo("catchup-source")
+        source = stack.start_mongo("catchup-source", "--oplog-max-entries", str(args.entries * 4))
         uri = embedded.mongo_uri(source)
         client = MongoClient(uri)
         brokers = embedded.brokers(stack.start_kafka())

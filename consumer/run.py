@@ -38,6 +38,8 @@ CONSUMER_DEFAULTS: dict[str, Any] = {
     # Notice topics created after start (per-namespace topics, --topic-pattern) within seconds, not 5 minutes.
     "topic.metadata.refresh.interval.ms": 5000,
     "statistics.interval.ms": 5000,
+    # A broker holds a fetch up to this long waiting for data; librdkafka's 500 ms default shows up as latency.
+    "fetch.wait.max.ms": 100,
 }
 
 

@@ -27,7 +27,7 @@ class ConsumerSettings:
     control_token: str | None = None
     on_error: str = "dlq"
     dead_letter_topic: str = ""
-    poll_timeout_s: float = 0.5
+    poll_timeout_s: float = 0.1
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9101
 

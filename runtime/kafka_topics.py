@@ -12,10 +12,12 @@ from runtime.errors import FatalError
 log = logging.getLogger(__name__)
 ADMIN_TIMEOUT_S = 30.0
 # Producer- and consumer-only settings the admin client would warn about or refuse.
-CLIENT_SPECIFIC = frozenset({"enable.idempotence", "acks", "partitioner", "linger.ms", "compression.type", "message.max.bytes",
-                   "group.id", "enable.auto.commit", "enable.auto.offset.store", "auto.offset.reset",
-                   "enable.partition.eof", "stats_cb", "statistics.interval.ms", "session.timeout.ms",
-                   "heartbeat.interval.ms", "topic.metadata.refresh.interval.ms", "max.poll.interval.ms"})
+CLIENT_SPECIFIC = frozenset({
+    "enable.idempotence", "acks", "partitioner", "linger.ms", "compression.type", "message.max.bytes", "group.id",
+    "enable.auto.commit", "enable.auto.offset.store", "auto.offset.reset", "enable.partition.eof", "stats_cb",
+    "statistics.interval.ms", "session.timeout.ms", "heartbeat.interval.ms", "topic.metadata.refresh.interval.ms",
+    "max.poll.interval.ms", "fetch.wait.max.ms",
+})
 
 
 class TopicDirectory:
