@@ -17,7 +17,6 @@ import uuid
 from pathlib import Path
 
 from bson.codec_options import CodecOptions
-from bson.objectid import ObjectId
 from bson.raw_bson import RawBSONDocument
 from pymongo import MongoClient, UpdateOne
 
@@ -41,7 +40,7 @@ RAW = CodecOptions(document_class=RawBSONDocument)
 def seed(client: MongoClient, entries: int) -> None:
     """`entries` oplog entries: inserts, then updates of those documents (two-thirds inserts)."""
     inserts = entries * 2 // 3
-    documents = [{"_id": ObjectId(), "n": i, "name": f"user{i}", "tags": ["a", "b"], "profile": {"score": i / 7}}
+    documents = [{"_id": i, "n": i, "name": f"user{i}", "tags": ["a", "b"], "profile": {"score": i / 7}}
                  for i in range(inserts)]
     for start in range(0, inserts, 10_000):
         client.bench.items.insert_many(documents[start:start + 10_000])

@@ -127,7 +127,8 @@ class ConsumerRun:
     def run(self) -> None:
         settings = self.settings
         self.endpoint.serve(settings.metrics_host, settings.metrics_port)
-        mongo.ensure_reachable(self.destination, "destination", settings.dest_uri, lambda: self.shutdown.requested)
+        mongo.ensure_reachable(self.destination, "destination", settings.dest_uri, lambda: self.shutdown.requested,
+                               settings.startup_timeout_s)
         if settings.policy.drop_existing:
             log.warning("--drop-existing is on (it is off by default): each destination collection is dropped when "
                         "the producer's copy of it begins, and documents that exist only in the destination are lost")

@@ -28,6 +28,7 @@ class ConsumerSettings:
     on_error: str = "dlq"
     dead_letter_topic: str = ""
     poll_timeout_s: float = 0.1
+    startup_timeout_s: float = 30.0
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9101
 

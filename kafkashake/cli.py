@@ -388,6 +388,9 @@ ControlToken = Annotated[Optional[str], typer.Option("--control-token", help="Be
                                                      "carry; without it /control is refused.",
                                                      envvar=env("control_token"), show_envvar=True,
                                                      callback=_control_token)]
+StartupTimeout = Annotated[float, typer.Option("--startup-timeout-seconds", min=1, help="How long to keep trying "
+                                               "to reach MongoDB at start-up before exiting 1 with what to check.",
+                                               envvar=env("startup_timeout_seconds"), show_envvar=True)]
 MetricsHost = Annotated[
     str, typer.Option("--metrics-host", help="Address the metrics endpoint binds to.", envvar=env("metrics_host"), show_envvar=True)
 ]
@@ -537,6 +540,7 @@ def producer_run(
     kafka_ssl_ca_location: KafkaSslCaLocation = None,
     kafka_ssl_certificate_location: KafkaSslCertificateLocation = None,
     kafka_ssl_key_location: KafkaSslKeyLocation = None,
+    startup_timeout_seconds: StartupTimeout = 30.0,
     metrics_host: MetricsHost = "127.0.0.1",
     metrics_port: Annotated[int, typer.Option("--metrics-port", min=0, max=65535, help="Port of /metrics (0: any free port).",
                                               envvar=env("producer_metrics_port"), show_envvar=True)] = 9100,
@@ -578,9 +582,10 @@ def producer_run(
         namespaces=_namespace_filter(filter_namespace_white, filter_namespace_black), exit_at=_exit_point(exit_at),
         ddl=publish_ddl, control_token=control_token, sync_mode=sync_mode.value, ha=ha, ha_lease_s=ha_lease_seconds,
         snapshot=SnapshotSettings(snapshot_parallel, snapshot_batch_size, snapshot_split_docs, index_creation.value),
-        partitions=partitions, partition_by=partition_by, kafka_properties=_kafka_settings(kafka_property, kafka_security_protocol, kafka_sasl_mechanism, kafka_sasl_username,
-                                  kafka_sasl_password, kafka_sasl_password_file, kafka_ssl_ca_location,
-                                  kafka_ssl_certificate_location, kafka_ssl_key_location),
+        partitions=partitions, partition_by=partition_by, startup_timeout_s=startup_timeout_seconds,
+        kafka_properties=_kafka_settings(kafka_property, kafka_security_protocol, kafka_sasl_mechanism,
+                                         kafka_sasl_username, kafka_sasl_password, kafka_sasl_password_file,
+                                         kafka_ssl_ca_location, kafka_ssl_certificate_location, kafka_ssl_key_location),
         metrics_host=metrics_host, metrics_port=metrics_port,
     )
     _run_process("producer", log_format, log_level, lambda shutdown: ProducerRun(settings, shutdown).run())
@@ -662,6 +667,7 @@ def consumer_run(
     kafka_ssl_ca_location: KafkaSslCaLocation = None,
     kafka_ssl_certificate_location: KafkaSslCertificateLocation = None,
     kafka_ssl_key_location: KafkaSslKeyLocation = None,
+    startup_timeout_seconds: StartupTimeout = 30.0,
     metrics_host: MetricsHost = "127.0.0.1",
     metrics_port: Annotated[int, typer.Option("--metrics-port", min=0, max=65535, help="Port of /metrics (0: any free port).",
                                               envvar=env("consumer_metrics_port"), show_envvar=True)] = 9101,
@@ -689,12 +695,14 @@ def consumer_run(
 
     settings = ConsumerSettings(
         brokers=brokers, topic=topic or "", topic_pattern=topic_pattern or "", dest_uri=dest_uri, group=group or "",
-        checkpoint_db=checkpoint_db, kafka_properties=_kafka_settings(kafka_property, kafka_security_protocol, kafka_sasl_mechanism, kafka_sasl_username,
-                                  kafka_sasl_password, kafka_sasl_password_file, kafka_ssl_ca_location,
-                                  kafka_ssl_certificate_location, kafka_ssl_key_location),
+        checkpoint_db=checkpoint_db,
+        kafka_properties=_kafka_settings(kafka_property, kafka_security_protocol, kafka_sasl_mechanism,
+                                         kafka_sasl_username, kafka_sasl_password, kafka_sasl_password_file,
+                                         kafka_ssl_ca_location, kafka_ssl_certificate_location, kafka_ssl_key_location),
         batch_max_messages=batch_max_messages, policy=policy, conflict_write_to=conflict_write_to.value,
         conflict_db=conflict_db, target_delay_s=target_delay, on_error=on_error.value,
         dead_letter_topic=dead_letter_topic or "", exit_at=_exit_point(exit_at), control_token=control_token,
+        startup_timeout_s=startup_timeout_seconds,
         metrics_host=metrics_host,
         metrics_port=metrics_port,
     )

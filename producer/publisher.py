@@ -87,6 +87,7 @@ class Publisher:
             (headers.TASK, task.encode()),
         ]
         self._batches: dict[tuple[str, int], _Batch] = {}
+        self._last_headers: tuple[Any, list[tuple[str, bytes]]] = (None, [])
         self.delivery_error: str | None = None
         self._topic_for = lru_cache(maxsize=4096)(self._resolve_topic)
 
@@ -160,13 +161,17 @@ class Publisher:
         for topic, partitions in counts.items():
             message_headers = self._operation_headers(operation)
             if barrier is not None:
-                message_headers += [(headers.BARRIER, barrier.encode()),
-                                    (headers.BARRIER_PARTITIONS, str(partitions).encode())]
+                message_headers = message_headers + [(headers.BARRIER, barrier.encode()),
+                                                     (headers.BARRIER_PARTITIONS, str(partitions).encode())]
             for partition in range(partitions):
                 self._produce(topic, partition, key.encode(), value, message_headers, [one_copy_acknowledged],
                               describe)
 
     def _operation_headers(self, operation: Operation) -> list[tuple[str, bytes]]:
+        """Headers of one event's message; consecutive events alike (a copy's documents) share one list."""
+        identity = (operation.ns, operation.op, operation.ts, operation.snapshot)
+        if identity == self._last_headers[0]:
+            return self._last_headers[1]
         message_headers = self._static_headers + [
             (headers.NAMESPACE, operation.ns.encode()),
             (headers.OPERATION, operation.op.encode()),
@@ -174,6 +179,7 @@ class Publisher:
         ]
         if operation.snapshot:
             message_headers.append((headers.SNAPSHOT, b"true"))
+        self._last_headers = (identity, message_headers)
         return message_headers
 
     def _add_to_batch(self, topic: str, partition: int, operation: Operation, on_acknowledged: Acknowledge) -> None:

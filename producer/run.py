@@ -146,9 +146,10 @@ class ProducerRun:
         settings = self.settings
         self.endpoint.serve(settings.metrics_host, settings.metrics_port)
         stop = lambda: self.shutdown.requested  # noqa: E731
-        mongo.ensure_reachable(self.source_client, "source", settings.source_uri, stop)
+        mongo.ensure_reachable(self.source_client, "source", settings.source_uri, stop, settings.startup_timeout_s)
         if settings.checkpoint_uri:
-            mongo.ensure_reachable(self.store_client, "checkpoint store", settings.checkpoint_uri, stop)
+            mongo.ensure_reachable(self.store_client, "checkpoint store", settings.checkpoint_uri, stop,
+                                   settings.startup_timeout_s)
         if self.lease is not None:
             if not self.lease.wait_for_leadership(self.shutdown):
                 return

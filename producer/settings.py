@@ -40,6 +40,7 @@ class ProducerSettings:
     partition_by: PartitionBy = PartitionBy.ID
     kafka_properties: dict[str, str] = field(default_factory=dict)
     checkpoint_interval_s: float = 1.0
+    startup_timeout_s: float = 30.0
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9100
 

@@ -75,6 +75,25 @@ class _RangeProgress:
             self.state.done = True
 
 
+# Sizes of the fixed-width BSON types an _id usually has: double, ObjectId, int32, int64.
+_FIXED_ID_SIZES = {0x01: 8, 0x07: 12, 0x10: 4, 0x12: 8}
+
+
+def document_id(document: RawBSONDocument) -> Any:
+    """The `_id` of a stored document. mongod stores `_id` first, so common types are read straight from the
+    leading bytes; anything else falls back to decoding the document's top level."""
+    raw = document.raw
+    kind = raw[4]
+    if raw[5:9] == b"_id\x00":
+        size = _FIXED_ID_SIZES.get(kind)
+        if kind == 0x02:
+            size = 4 + int.from_bytes(raw[9:13], "little")
+        if size is not None:
+            element = raw[4:9 + size]
+            return bson.decode((len(element) + 5).to_bytes(4, "little") + element + b"\x00")["_id"]
+    return document["_id"]
+
+
 def _identity(value: Any) -> bytes:
     return bson.encode({"": value})
 
@@ -185,7 +204,7 @@ class SnapshotCopier:
         self._publisher.publish(self._operation("c", f"{collection.db}.$cmd", value), published)
 
     def _publish_documents(self, progress: _RangeProgress, documents: list[RawBSONDocument]) -> None:
-        batch = _Batch(documents[-1]["_id"], len(documents))
+        batch = _Batch(document_id(documents[-1]), len(documents))
         progress.batches.append(batch)
         ns = progress.collection.ns
         capture, wall = self.state.capture, self._wall()
@@ -197,7 +216,7 @@ class SnapshotCopier:
 
         for document in documents:
             value = snapshot_events.document_event(capture, ns, document, wall)
-            self._publisher.publish(self._operation("i", ns, value, document["_id"]), acknowledged)
+            self._publisher.publish(self._operation("i", ns, value, document_id(document)), acknowledged)
 
     # ---------------------------------------------------------------------------------------- copy
 

@@ -134,7 +134,8 @@ def test_checkpoint_fallen_off_the_oplog_exits_3_after_the_headroom_metric_warne
 def test_unreachable_source_stops_with_a_clear_message(brokers, cli) -> None:
     closed_port = embedded.free_port()
     producer = cli("producer", "run", "--source-uri", f"mongodb://reader:pw-not-shown@127.0.0.1:{closed_port}/",
-                   "--brokers", brokers, "--topic", unique("nowhere"), "--metrics-port", "0", name="producer").start()
+                   "--brokers", brokers, "--topic", unique("nowhere"), "--metrics-port", "0",
+                   "--startup-timeout-seconds", "3", name="producer").start()
     assert producer.wait(120) == 1
     log = producer.log()
     assert "cannot reach the source" in log and "Check the host, port" in log

@@ -186,3 +186,15 @@ def test_canonical_json_fast_path_matches_json_util() -> None:
     for value in (ObjectId(), 0, -1, 2**31 - 1, 2**31, -(2**31), -(2**31) - 1, Int64(5), "plain", "quo\"te ä € \n",
                   True, 1.5, {"a": 1, "b": [ObjectId()]}, None):
         assert canonical_json(value) == json_util.dumps(value, json_options=canonical, separators=(",", ":"))
+
+
+def test_snapshot_document_id_reads_common_id_types_from_the_leading_bytes() -> None:
+    from bson import Int64, ObjectId
+    from bson.raw_bson import RawBSONDocument
+
+    from producer.snapshot import document_id
+
+    for value in [1, Int64(2**40), 2.5, "abc", "", "héllo", ObjectId(), None, [1], b"x", {"k": 1}]:
+        document = RawBSONDocument(bson.encode({"_id": value, "x": 1}))
+        assert bson.encode({"": document_id(document)}) == bson.encode({"": value})
+    assert document_id(RawBSONDocument(bson.encode({"x": 1, "_id": 7}))) == 7
