@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -25,13 +24,13 @@ from pymongo import MongoClient, UpdateOne
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.in_process import rate_through_backlog  # noqa: E402
 from bench.report import report  # noqa: E402
 from consumer.run import ConsumerRun  # noqa: E402
 from consumer.settings import ConsumerSettings  # noqa: E402
 from kafkashake import embedded  # noqa: E402
 from runtime.kafka_topics import TopicDirectory  # noqa: E402
 from runtime.shutdown import ShutdownFlag  # noqa: E402
-from runtime.status import counter_totals  # noqa: E402
 from schemas.partitioning import PartitionBy, message_key, partition_for  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "consumer_catchup.json"  # _inserts and _updates
@@ -74,25 +73,7 @@ def publish(brokers: str, topic: str, ns: str, encoded: list[tuple[dict, bytes]]
 def ours(uri: str, brokers: str, topic: str, expected: int) -> float:
     settings = ConsumerSettings(brokers=brokers, topic=topic, dest_uri=uri, group=f"bench-{uuid.uuid4().hex[:6]}",
                                 kafka_properties=FAST_GROUP, metrics_port=0)
-    shutdown = ShutdownFlag()
-    run = ConsumerRun(settings, shutdown)
-    runner = threading.Thread(target=run.run, daemon=True)
-    runner.start()
-    name = "kafkashake_consumer_events_applied"
-    first_at = first_count = None
-    while True:
-        applied = counter_totals(run.metrics.registry, [name])[name]
-        if applied and first_at is None:
-            first_at, first_count = time.perf_counter(), applied
-        if applied >= expected:
-            break
-        if not runner.is_alive():
-            raise RuntimeError("the consumer stopped before applying the backlog")
-        time.sleep(0.005)
-    elapsed = time.perf_counter() - first_at
-    shutdown.request()
-    runner.join(60)
-    return (expected - first_count) / elapsed
+    return rate_through_backlog(ConsumerRun(settings, ShutdownFlag()), "kafkashake_consumer_events_applied", expected)
 
 
 def main() -> int:

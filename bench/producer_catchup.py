@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -23,6 +22,7 @@ from pymongo import MongoClient, UpdateOne
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.in_process import rate_through_backlog  # noqa: E402
 from bench.report import report  # noqa: E402
 from kafkashake import embedded  # noqa: E402
 from oplog import position  # noqa: E402
@@ -30,7 +30,6 @@ from producer.publisher import Encoding  # noqa: E402
 from producer.run import ProducerRun  # noqa: E402
 from producer.settings import ProducerSettings  # noqa: E402
 from runtime.shutdown import ShutdownFlag  # noqa: E402
-from runtime.status import counter_totals  # noqa: E402
 from schemas.codec import MessageFormat  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "producer_catchup.json"
@@ -61,22 +60,7 @@ def ours(uri: str, brokers: str, message_format: MessageFormat, after, expected:
                                 name=f"bench-{uuid.uuid4().hex[:6]}", encoding=Encoding(message_format),
                                 start_position=position.describe(after).split(" ")[0],
                                 checkpoint_db="kafkashake_bench", metrics_port=0)
-    shutdown = ShutdownFlag()
-    run = ProducerRun(settings, shutdown)
-    runner = threading.Thread(target=run.run, daemon=True)
-    runner.start()
-    name = "kafkashake_producer_events_published"
-    first_at = first_count = None
-    while (published := counter_totals(run.metrics.registry, [name])[name]) < expected:
-        if published and first_at is None:
-            first_at, first_count = time.perf_counter(), published
-        time.sleep(0.005)
-        if not runner.is_alive():
-            raise RuntimeError("the producer stopped before publishing the backlog")
-    elapsed = time.perf_counter() - first_at
-    shutdown.request()
-    runner.join(60)
-    return (expected - first_count) / elapsed
+    return rate_through_backlog(ProducerRun(settings, ShutdownFlag()), "kafkashake_producer_events_published", expected)
 
 
 def main() -> int:
