@@ -180,3 +180,33 @@ def test_oplog_too_small_for_the_copy_exits_3_with_sizing_advice(stack, brokers,
         assert "oplog too small for a copy this long" in log and "oplogMinRetentionHours" in log, log
     finally:
         small.stop()
+
+
+def test_drop_existing_removes_destination_only_documents_before_the_copy(source, destination, brokers, cli) -> None:
+    src, dst = client(source)["keep"], client(destination)["keep"]
+    src.items.insert_many([{"_id": i, "v": i} for i in range(300)])
+    dst.items.insert_many([{"_id": i, "v": "stale"} for i in range(250, 400)])  # overlaps, and extra documents
+    dst.untouched.insert_one({"_id": 1})  # not in the source: not dropped
+    topic = unique("drop")
+    producer = cli(*producer_args(source, brokers, topic, "--sync-mode", "full"), name="producer").start()
+    assert producer.wait(120) == 0, producer.log()
+    consumer = cli(*consumer_args(destination, brokers, topic, "--drop-existing"), name="consumer").start()
+    wait_until(lambda: sorted(d["_id"] for d in dst.items.find()) == list(range(300)), 90, "the copy alone")
+    assert list(dst.items.find({"v": "stale"})) == [] and dst.untouched.count_documents({}) == 1
+    assert "--drop-existing is on (it is off by default)" in consumer.log()
+    assert consumer.terminate() == 0
+
+
+def test_without_drop_existing_a_copy_inserts_or_replaces_and_leaves_other_documents(source, destination, brokers,
+                                                                                     cli) -> None:
+    src, dst = client(source)["keep"], client(destination)["keep"]
+    src.items.insert_many([{"_id": i, "v": i} for i in range(100)])
+    dst.items.insert_many([{"_id": i, "v": "stale"} for i in range(50, 150)])
+    topic = unique("nodrop")
+    producer = cli(*producer_args(source, brokers, topic, "--sync-mode", "full"), name="producer").start()
+    assert producer.wait(120) == 0, producer.log()
+    consumer = cli(*consumer_args(destination, brokers, topic), name="consumer").start()
+    wait_until(lambda: dst.items.count_documents({"v": "stale"}) == 50, 90, "the copy over existing documents")
+    assert sorted(d["_id"] for d in dst.items.find({"v": {"$ne": "stale"}})) == list(range(100))
+    assert "conflict:" not in consumer.log()
+    assert consumer.terminate() == 0
