@@ -120,18 +120,18 @@ def _read_range(client: MongoClient, progress: _RangeProgress, batch_size: int,
         try:
             cursor = (source.find({}, batch_size=batch_size).hint([("_id", 1)])
                       .min([("_id", after[0] if after else state.lower)]).max([("_id", state.upper)]))
-            skip = _identity(after[0]) if after else None
+            resume_key = _identity(after[0]) if after else None  # `min` is inclusive: pass over that document
             batch: list[RawBSONDocument] = []
             for document in cursor:
-                if skip is not None:
-                    first_id, skip = _identity(document["_id"]), None
-                    if first_id == _identity(after[0]):  # type: ignore[index]
+                if resume_key is not None:
+                    is_resume_point, resume_key = _identity(document_id(document)) == resume_key, None
+                    if is_resume_point:
                         continue
                 batch.append(document)
                 if len(batch) >= batch_size:
                     if not _put(out, (progress, batch), stop):
                         return
-                    after, batch = [batch[-1]["_id"]], []
+                    after, batch = [document_id(batch[-1])], []
             if batch and not _put(out, (progress, batch), stop):
                 return
             _put(out, (progress, _END), stop)
