@@ -6,17 +6,46 @@ As shipped, such a cursor returns what an initial scan matched and then continue
 visible tail read *after* that scan: an entry committed in between is never returned. mongod never
 does this. Here the cursor walks the oplog by its sequence number from the start, bounded by the
 server's own visibility watermark (read_oplog), so nothing can fall between the first batch and the
-rest. This patches the test server only; the project under test runs unmodified."""
+rest. It starts at the first sequence number whose ts can match the filter's lower bound, found by bisection
+(sequence numbers and timestamps are minted together, so both ascend): a walk from sequence 1 decodes the whole
+oplog, which took seconds on a 150k-entry oplog where mongod seeks; for the same reason the find command's
+own full scan, whose result this cursor never uses, is skipped for it. This patches the test server only; the
+project under test runs unmodified."""
 import sys
+import threading
 
 import bson
 import secantus.commands as commands
 from secantus.query import matches
+from secantus.storage import Storage
+
+_opening_oplog_tail = threading.local()
+
+
+def _lower_ts_bound(filter_):
+    condition = (filter_ or {}).get("ts")
+    if not isinstance(condition, dict):
+        return None
+    return condition.get("$gte", condition.get("$gt"))
+
+
+def _last_seq_before(storage, ts):
+    """The highest sequence number whose entry's ts is below `ts` (0 if none): bisection over the visible oplog."""
+    low, high = 0, storage.oplog_visible_tail_seq()
+    while low < high:
+        middle = (low + high + 1) // 2
+        rows = storage.read_oplog(start_seq=middle, limit=1)
+        if rows and rows[0][1]["ts"] < ts:
+            low = rows[0][0]
+        else:
+            high = middle - 1
+    return low
 
 
 def _find_tailable_oplog(filter_, initial_docs, batch_size, ns, await_data, ctx):
     storage = ctx.storage
-    state = {"after_seq": 0}
+    lower = _lower_ts_bound(filter_)
+    state = {"after_seq": _last_seq_before(storage, lower) if lower is not None else 0}
 
     def producer():
         out = []
@@ -34,7 +63,25 @@ def _find_tailable_oplog(filter_, initial_docs, batch_size, ns, await_data, ctx)
     return {"cursor": {"firstBatch": first[:batch_size], "id": bson.Int64(cursor_id), "ns": ns}, "ok": 1.0}
 
 
+def _find(doc, ctx):
+    opening = bool(doc.get("tailable")) and doc.get("find") == "oplog.rs" and ctx.db_name == "local"
+    _opening_oplog_tail.active = opening
+    try:
+        return _shipped_find(doc, ctx)
+    finally:
+        _opening_oplog_tail.active = False
+
+
+def _find_matching(self, db, coll, *args, **kwargs):
+    if getattr(_opening_oplog_tail, "active", False) and (db, coll) == ("local", "oplog.rs"):
+        return []
+    return _shipped_find_matching(self, db, coll, *args, **kwargs)
+
+
+_shipped_find, _shipped_find_matching = commands._find, Storage.find_matching
 commands._find_tailable_oplog = _find_tailable_oplog
+commands._HANDLERS["find"] = _find
+Storage.find_matching = _find_matching
 
 if __name__ == "__main__":
     from secantus.cli import main
