@@ -9,7 +9,8 @@ server's own visibility watermark (read_oplog), so nothing can fall between the 
 rest. It starts at the first sequence number whose ts can match the filter's lower bound, found by bisection
 (sequence numbers and timestamps are minted together, so both ascend): a walk from sequence 1 decodes the whole
 oplog, which took seconds on a 150k-entry oplog where mongod seeks; for the same reason the find command's
-own full scan, whose result this cursor never uses, is skipped for it. This patches the test server only; the
+own full scan, whose result this cursor never uses, is skipped for it. The oplog's first and last entries
+(find_one sorted by $natural) are read at their sequence numbers too, not by sorting a full scan. This patches the test server only; the
 project under test runs unmodified."""
 import sys
 import threading
@@ -72,10 +73,29 @@ def _find(doc, ctx):
         _opening_oplog_tail.active = False
 
 
-def _find_matching(self, db, coll, *args, **kwargs):
-    if getattr(_opening_oplog_tail, "active", False) and (db, coll) == ("local", "oplog.rs"):
-        return []
-    return _shipped_find_matching(self, db, coll, *args, **kwargs)
+def _oplog_edge(storage, filter_, kwargs):
+    """The oldest or newest oplog entry for an unfiltered limit-1 $natural sort; None for any other query."""
+    sort, projection = kwargs.get("sort"), kwargs.get("projection")
+    if filter_ or kwargs.get("skip") or kwargs.get("limit") != 1 or not isinstance(sort, dict) or list(sort) != ["$natural"]:
+        return None
+    if projection and not all(value in (1, True) for value in projection.values()):
+        return None
+    start = 1 if sort["$natural"] > 0 else storage.oplog_visible_tail_seq()
+    rows = storage.read_oplog(start_seq=start, limit=1)
+    if not rows:
+        return None
+    entry = rows[0][1]
+    return [{key: entry[key] for key in projection if key in entry} if projection else entry]
+
+
+def _find_matching(self, db, coll, filter=None, **kwargs):  # noqa: A002 (the shipped signature)
+    if (db, coll) == ("local", "oplog.rs"):
+        if getattr(_opening_oplog_tail, "active", False):
+            return []
+        edge = _oplog_edge(self, filter, kwargs)
+        if edge is not None:
+            return edge
+    return _shipped_find_matching(self, db, coll, filter, **kwargs)
 
 
 _shipped_find, _shipped_find_matching = commands._find, Storage.find_matching
