@@ -165,13 +165,15 @@ def test_oplog_too_small_for_the_copy_exits_3_with_sizing_advice(stack, brokers,
     small = stack.start_mongo(unique("small-oplog"), "--oplog-max-entries", "40")
     try:
         src: MongoClient = client(small)
-        src["shop"]["items"].insert_many([{"_id": i} for i in range(20000)])
+        for start in range(0, 60000, 20000):  # enough that the copy is still running when its progress is first saved
+            src["shop"]["items"].insert_many([{"_id": i} for i in range(start, start + 20000)])
         topic = unique("too-small")
         args = producer_args(small, brokers, topic, "--sync-mode", "all", "--snapshot-batch-size", "100",
                              "--snapshot-parallel", "1")
         producer = cli(*args, name="producer").start()
         wait_until(lambda: copied(copy_state(small)) > 0 or not producer.running, 60, "the copy to start", interval=0.05)
         producer.kill9()
+        assert copy_state(small)["status"] != "complete", "the copy finished before it could be interrupted"
         # Writes while the copy is interrupted roll the captured position out of the oplog
         # (SecantusDB enforces --oplog-max-entries every 1000 oplog writes).
         src["shop"]["other"].insert_many([{"_id": i} for i in range(1200)])
