@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Any
 
 import bson
 import pytest
 from bson import ObjectId
 from pymongo import ASCENDING, DESCENDING, MongoClient
 
-from conftest import client, consumer_args, producer_args, unique, wait_until
+from conftest import client, consumer_args, discard, producer_args, unique, wait_until
 from kafkashake import workload
 from schemas import headers
 from test_pipeline import read_topic, wait_equal
@@ -127,14 +128,25 @@ def document_ids(brokers: str, topic: str) -> list:
     return ids
 
 
-def test_kill9_mid_copy_resumes_instead_of_recopying(source, destination, brokers, cli) -> None:
+def slow_copy_reads(mongo: MongoClient, block_ms: int | None) -> None:
+    """Hold each of the producer's getMore commands for `block_ms` (None: stop), so a copy lasts seconds however fast
+    the machine is."""
+    mode: Any = "off" if block_ms is None else "alwaysOn"
+    mongo.admin.command("configureFailPoint", "failCommand", mode=mode,
+                        data={"failCommands": ["getMore"], "appName": "kafkashake-producer", "blockConnection": True,
+                              "blockTimeMS": block_ms or 0})
+
+
+def test_kill9_mid_copy_resumes_instead_of_recopying(stack, destination, brokers, cli) -> None:
     total = 24000
+    source = stack.start_mongo(unique("slow-source"), "--enable-test-commands")
     src = client(source)["bulk"]
     for start in range(0, total, 8000):
         src.items.insert_many([{"_id": i, "payload": "x" * 64, "i": i} for i in range(start, start + 8000)])
     topic = unique("resume")
     args = producer_args(source, brokers, topic, "--sync-mode", "full", "--format", "bson",
                          "--snapshot-split-docs", "6000", "--snapshot-parallel", "2", "--snapshot-batch-size", "200")
+    slow_copy_reads(client(source), 100)  # about 6 s for the whole copy
     first = cli(*args, name="producer").start()
     wait_until(lambda: copied(copy_state(source)) >= 2000 or not first.running, 120, "a good part of the copy",
                interval=0.05)
@@ -143,6 +155,7 @@ def test_kill9_mid_copy_resumes_instead_of_recopying(source, destination, broker
     saved = copied(copy_state(source))
     assert 0 < saved < total
     before_restart = len(document_ids(brokers, topic))
+    slow_copy_reads(client(source), None)
 
     second = cli(*args, name="producer-again").start()
     assert second.wait(180) == 0, second.log()
@@ -159,6 +172,7 @@ def test_kill9_mid_copy_resumes_instead_of_recopying(source, destination, broker
     consumer = cli(*consumer_args(destination, brokers, topic), name="consumer").start()
     wait_equal(source, destination, "bulk", timeout=180)
     assert consumer.terminate() == 0
+    discard(source)
 
 
 def test_oplog_too_small_for_the_copy_exits_3_with_sizing_advice(stack, brokers, cli) -> None:
