@@ -34,6 +34,8 @@ from schemas import topics
 log = logging.getLogger("kafkashake.producer")
 FLUSH_TIMEOUT_S = 60.0
 WINDOW_REFRESH_S = 10.0
+# Delivery reports are served every this many entries read or this often, and whenever the oplog is read to its end.
+ACKNOWLEDGEMENTS_EVERY, ACKNOWLEDGEMENTS_S = 64, 0.01
 
 
 class Source(Protocol):
@@ -204,6 +206,7 @@ class ProducerRun:
     def _stream(self, publisher: Publisher) -> None:
         backoff = Backoff()
         last_save = time.monotonic()
+        turns, polled_at = 0, time.monotonic()
         while not self.shutdown.requested:
             try:
                 for pending in self.source.changes():
@@ -221,7 +224,10 @@ class ProducerRun:
                     if pending is None and self._past_exit_point(self.source.read_position()):
                         return
                     publisher.send_due_batches()
-                    publisher.poll(0)
+                    turns, now = turns + 1, time.monotonic()
+                    if pending is None or turns >= ACKNOWLEDGEMENTS_EVERY or now - polled_at >= ACKNOWLEDGEMENTS_S:
+                        publisher.poll(0)
+                        turns, polled_at = 0, now
                     backoff.reset()
                     if publisher.delivery_error is not None:
                         self.metrics.delivery_errors.inc()
@@ -229,7 +235,7 @@ class ProducerRun:
                             f"Kafka did not acknowledge a message: {publisher.delivery_error}. "
                             "The checkpoint stays before it; restart to publish again from there"
                         )
-                    if time.monotonic() - last_save >= self.settings.checkpoint_interval_s:
+                    if now - last_save >= self.settings.checkpoint_interval_s:
                         self._checkpoint()
                         last_save = time.monotonic()
                     if self.shutdown.requested:

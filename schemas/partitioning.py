@@ -17,9 +17,15 @@ from typing import Any
 
 from bson import Int64, ObjectId, json_util
 
+try:  # the same hash in C, about 15x faster; murmur2() below is the readable reference and the fallback
+    from murmurhash2 import murmurhash2 as _murmur2_unsigned
+except ImportError:  # pragma: no cover - a platform without its wheel
+    _murmur2_unsigned = None
+
 _CANONICAL = json_util.JSONOptions(json_mode=json_util.JSONMode.CANONICAL)
 _INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
 _WORDS = struct.Struct("<I")
+_SEED = 0x9747B28C
 
 
 class PartitionBy(str, enum.Enum):
@@ -56,7 +62,7 @@ def murmur2(data: bytes) -> int:
     """Kafka's murmur2 (seed 0x9747b28c), as a signed 32-bit integer like Java's `Utils.murmur2`."""
     m = 0x5BD1E995
     length = len(data)
-    h = (0x9747B28C ^ length) & 0xFFFFFFFF
+    h = (_SEED ^ length) & 0xFFFFFFFF
     end = length - (length % 4)
     for (k,) in _WORDS.iter_unpack(data[:end]):
         k = (k * m) & 0xFFFFFFFF
@@ -79,4 +85,5 @@ def murmur2(data: bytes) -> int:
 
 
 def partition_for(key: bytes, partitions: int) -> int:
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
+    hashed = _murmur2_unsigned(key, _SEED) if _murmur2_unsigned is not None else murmur2(key)
+    return (hashed & 0x7FFFFFFF) % partitions

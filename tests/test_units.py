@@ -130,6 +130,16 @@ def test_murmur2_matches_kafka_vectors() -> None:
     assert murmur2(b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8") == -58897971
 
 
+def test_partition_for_agrees_with_the_reference_murmur2() -> None:
+    import random
+
+    generator = random.Random(7)
+    for length in range(0, 80):
+        key = bytes(generator.randrange(256) for _ in range(length))
+        for partitions in (1, 3, 8, 50):
+            assert partition_for(key, partitions) == (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
 def test_message_keys_by_mode() -> None:
     assert message_key(PartitionBy.ID, "db.c", 7) == b'db.c\x00{"$numberInt":"7"}'
     assert message_key(PartitionBy.COLLECTION, "db.c", 7) == b"db.c"
