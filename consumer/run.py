@@ -276,14 +276,15 @@ class ConsumerRun:
                     self.exit_point.passed((topic, partition))
                     continue
             self._mark_convergent(topic, partition, decoded)
-            # --target-delay holds back changes, not the copy of what already existed.
-            newest = max((source_time(event.fields) for event in decoded if not snapshot.is_snapshot(event.fields)),
-                         default=0.0)
-            if not self.delay.is_due(newest):
-                self._hold_back(topic, partition, offset, held)
-                self.delay.hold((topic, partition), newest)
-                self.metrics.partitions_paused.set(len(self.delay.paused))
-                continue
+            if self.delay.delay_s > 0:
+                # --target-delay holds back changes, not the copy of what already existed.
+                newest = max((source_time(event.fields) for event in decoded
+                              if not snapshot.is_snapshot(event.fields)), default=0.0)
+                if not self.delay.is_due(newest):
+                    self._hold_back(topic, partition, offset, held)
+                    self.delay.hold((topic, partition), newest)
+                    self.metrics.partitions_paused.set(len(self.delay.paused))
+                    continue
             events.extend(decoded)
             ts = decoded[-1].fields.get("ts") if decoded else None
             positions[(topic, partition)] = PartitionPosition(topic, partition, offset, ts,
