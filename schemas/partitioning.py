@@ -16,11 +16,7 @@ import struct
 from typing import Any
 
 from bson import Int64, ObjectId, json_util
-
-try:  # the same hash in C, about 15x faster; murmur2() below is the readable reference and the fallback
-    from murmurhash2 import murmurhash2 as _murmur2_unsigned
-except ImportError:  # pragma: no cover - a platform without its wheel
-    _murmur2_unsigned = None
+from murmurhash2 import murmurhash2 as _murmur2_unsigned  # murmur2() below in C, ~15x faster
 
 _CANONICAL = json_util.JSONOptions(json_mode=json_util.JSONMode.CANONICAL)
 _INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
@@ -59,7 +55,8 @@ def message_key(mode: PartitionBy, ns: str, document_id: Any) -> bytes:
 
 
 def murmur2(data: bytes) -> int:
-    """Kafka's murmur2 (seed 0x9747b28c), as a signed 32-bit integer like Java's `Utils.murmur2`."""
+    """Kafka's murmur2 (seed 0x9747b28c), as a signed 32-bit integer like Java's `Utils.murmur2`. The readable
+    reference for third parties; `partition_for` computes the same hash with the `murmurhash2` C extension."""
     m = 0x5BD1E995
     length = len(data)
     h = (_SEED ^ length) & 0xFFFFFFFF
@@ -85,5 +82,4 @@ def murmur2(data: bytes) -> int:
 
 
 def partition_for(key: bytes, partitions: int) -> int:
-    hashed = _murmur2_unsigned(key, _SEED) if _murmur2_unsigned is not None else murmur2(key)
-    return (hashed & 0x7FFFFFFF) % partitions
+    return (_murmur2_unsigned(key, _SEED) & 0x7FFFFFFF) % partitions
