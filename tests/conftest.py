@@ -1,4 +1,4 @@
-"""Real servers on loopback for the tests: SecantusDB (through the project's launcher) and Tansu."""
+"""Real servers on loopback for the tests: SecantusDB (through the project's launcher) and Apache Kafka."""
 from __future__ import annotations
 
 import json
@@ -17,20 +17,22 @@ from bson import json_util
 from bson.binary import UuidRepresentation
 from pymongo import MongoClient
 
+import apache_kafka
 from kafkashake import embedded
 
 ROOT = Path(__file__).resolve().parents[1]
-FIXTURES = ROOT.parent / "shared" / "fixtures" / "oplog"
-LOCAL_FIXTURES = Path(__file__).resolve().parent / "fixtures" / "oplog"
-FAST_GROUP = ["-X", "session.timeout.ms=6000", "-X", "heartbeat.interval.ms=500"]
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "oplog"
+# A consumer killed with -9 holds its partitions until its session times out: 6 s (the broker's minimum) rather
+# than librdkafka's 45 s default, so tests that kill consumers do not wait for it.
+FAST_GROUP = ["-X", "session.timeout.ms=6000", "-X", "heartbeat.interval.ms=1000"]
 FIXTURE_JSON = json_util.JSONOptions(document_class=dict, uuid_representation=UuidRepresentation.UNSPECIFIED)
 
 
 def fixture_path(name: str) -> Path:
-    for base in (LOCAL_FIXTURES, FIXTURES):
-        if (base / name).exists():
-            return base / name
-    pytest.fail(f"fixture {name} not found in {LOCAL_FIXTURES} or {FIXTURES}")
+    path = FIXTURES / name
+    if not path.exists():
+        pytest.fail(f"fixture {name} not found in {FIXTURES}")
+    return path
 
 
 def load_fixture_lines(name: str) -> list[dict]:
@@ -48,13 +50,30 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[embedded.Embedde
 
 
 @pytest.fixture(scope="session")
-def kafka(stack: embedded.EmbeddedStack) -> embedded.Service:
-    return stack.start_kafka()
+def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[apache_kafka.KafkaBroker]:
+    """The session's Apache Kafka broker, for tests that do not stop, kill or reconfigure it."""
+    with apache_kafka.KafkaBroker(tmp_path_factory.mktemp("kafka")) as broker:
+        yield broker
 
 
 @pytest.fixture(scope="session")
-def brokers(kafka: embedded.Service) -> str:
-    return embedded.brokers(kafka)
+def brokers(kafka: apache_kafka.KafkaBroker) -> str:
+    return kafka.bootstrap
+
+
+@pytest.fixture
+def own_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., apache_kafka.KafkaBroker]]:
+    """Brokers of one test's own, for tests that stop, kill or reconfigure them; started by calling the fixture."""
+    started: list[apache_kafka.KafkaBroker] = []
+
+    def start(**options: object) -> apache_kafka.KafkaBroker:
+        broker = apache_kafka.KafkaBroker(tmp_path_factory.mktemp("own-kafka"), **options)  # type: ignore[arg-type]
+        started.append(broker)
+        return broker.start()
+
+    yield start
+    for broker in started:
+        broker.kill9()
 
 
 @pytest.fixture(scope="session")

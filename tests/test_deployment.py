@@ -20,7 +20,7 @@ from kafkashake import config_reference, embedded
 from runtime.http_api import ProcessEndpoint
 
 ROOT = Path(__file__).resolve().parents[1]
-SCHEMA = ROOT.parent / "shared" / "reference" / "compose-spec.json"
+SCHEMA = ROOT / "tests" / "fixtures" / "reference" / "compose-spec.json"
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
 SERVICE_COMMANDS = {"producer": ("producer", "run"), "consumer": ("consumer", "run")}

@@ -66,9 +66,9 @@ def test_kill9_each_process_five_times_and_every_time_the_destination_catches_up
     assert producer.terminate() == 0 and consumer.terminate() == 0
 
 
-def test_broker_frozen_for_20_seconds_both_processes_recover(stack, source, destination, cli) -> None:
-    broker = stack.start_kafka(unique("frozen-kafka"))
-    brokers = embedded.brokers(broker)
+def test_broker_frozen_for_20_seconds_both_processes_recover(own_kafka, source, destination, cli) -> None:
+    broker = own_kafka()
+    brokers = broker.bootstrap
     topic = unique("frozen")
     producer = cli(*producer_args(source, brokers, topic, "--start-position", "earliest"), name="producer").start()
     consumer = cli(*consumer_args(destination, brokers, topic), name="consumer").start()
@@ -86,7 +86,6 @@ def test_broker_frozen_for_20_seconds_both_processes_recover(stack, source, dest
         assert consumer.terminate() == 0, consumer.log()
     finally:
         broker.signal(signal.SIGCONT)
-        broker.stop()
 
 
 def test_source_down_for_10_seconds_producer_resumes(stack, destination, brokers, cli) -> None:
