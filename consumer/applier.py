@@ -4,17 +4,21 @@ Within a batch, events are grouped into runs. A run's writes go out per namespac
 `bulk_write`, so operations on one document keep their order. Updates are computed in memory from the
 document as it stands (fetched once per run with `$in`, in chunks) and written as replacements: this reproduces
 mongod's diff semantics exactly and shows whether the document existed. An update on a document that an
-insert earlier in the same run touched closes the run first, because the insert's outcome is not yet known."""
+insert earlier in the same run touched closes the run first, because the insert's outcome is not yet known.
+
+Changes of collections with a unique index besides `_id` come in source order (consumer/sequencer.py). Changes
+that share a source time (a transaction's) may still come in another order than the source applied them: a write
+such a unique index refuses is tried again after the others of its source time, and only a second refusal is a
+conflict."""
 from __future__ import annotations
 
 import logging
 import re
 from collections import Counter, defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import bson
 from pymongo import DeleteOne, InsertOne, MongoClient, ReplaceOne
 from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
 
@@ -28,6 +32,7 @@ from oplog.namespaces import NamespaceFilter, NamespaceMap
 from runtime.errors import FatalError
 from runtime.retry import is_transient
 from schemas.codec import EVENT_CODEC_OPTIONS
+from schemas.partitioning import key_text
 from schemas.snapshot import is_snapshot
 
 log = logging.getLogger("kafkashake.consumer.applier")
@@ -41,9 +46,9 @@ _ABSENT: Any = object()
 FETCH_CHUNK_IDS = 50
 
 
-def identity(value: Any) -> bytes:
-    """A hashable identity for any BSON `_id` value."""
-    return bson.encode({"": value})
+def identity(value: Any) -> str:
+    """A hashable identity for any BSON `_id` value, equal for values MongoDB holds to be one `_id`."""
+    return key_text(value)
 
 
 @dataclass(frozen=True)
@@ -59,25 +64,34 @@ class ReplayPolicy:
 
 
 @dataclass
+class Rejection:
+    event: Event
+    reason: str
+    error: str
+
+
+@dataclass
 class ApplyReport:
     applied: Counter = field(default_factory=Counter)
     passed_over: Counter = field(default_factory=Counter)
     conflicts: list[Conflict] = field(default_factory=list)
+    rejected: list[Rejection] = field(default_factory=list)
 
 
 @dataclass(slots=True)
 class _Write:
     event: Event
     document_id: Any
-    key: bytes
+    key: str
     request: Any = None
     replaces_on_duplicate: bool = False
+    tried_again: bool = False
 
 
 class _Run:
     def __init__(self) -> None:
         self.writes: dict[str, list[_Write]] = defaultdict(list)
-        self.inserted: set[tuple[str, bytes]] = set()
+        self.inserted: set[tuple[str, str]] = set()
 
     def __bool__(self) -> bool:
         return bool(self.writes)
@@ -88,24 +102,22 @@ class Applier:
         self,
         client: MongoClient,
         private_databases: frozenset[str],
-        on_conflict: Callable[[Conflict], None] = lambda conflict: None,
         policy: ReplayPolicy = ReplayPolicy(),
-        on_rejected: Callable[[Event, str, str], None] | None = None,
+        dead_letters: bool = True,
     ) -> None:
         self._client = client
         self._private = private_databases
-        self._on_conflict = on_conflict
         self._policy = policy
-        self._on_rejected = on_rejected
+        self._dead_letters = dead_letters
 
-    def _reject(self, event: Event, reason: str, error: str) -> None:
-        """An event that can never be applied: handed to `on_rejected` (dead letters), or replay stops."""
-        if self._on_rejected is None:
+    def _reject(self, report: ApplyReport, event: Event, reason: str, error: str) -> None:
+        """An event that can never be applied: reported for the dead-letter topic, or replay stops."""
+        if not self._dead_letters:
             raise FatalError(
                 f"{error} (event at {_where(event)} on {event.ns}). Replay stops here so nothing is skipped; fix the "
                 "destination (validator, index, permissions) and restart, or run with --on-error dlq"
             )
-        self._on_rejected(event, reason, error)
+        report.rejected.append(Rejection(event, reason, error))
 
     def _collection(self, ns: str):  # type: ignore[no-untyped-def]
         db, _, coll = ns.partition(".")
@@ -129,7 +141,7 @@ class Applier:
             if op not in ("i", "u", "d"):
                 reason = PASSED_OVER_REASONS.get(op)
                 if reason is None:
-                    self._reject(event, UNKNOWN_OP, f"unknown operation type {op!r}")
+                    self._reject(report, event, UNKNOWN_OP, f"unknown operation type {op!r}")
                     continue
                 report.passed_over[reason] += 1
                 if reason == "invalidate":
@@ -176,7 +188,7 @@ class Applier:
         except OperationFailure as exc:
             if is_transient(exc):
                 raise
-            self._reject(event, REJECTED, f"the destination rejected the DDL {dict(command)}: {exc}")
+            self._reject(report, event, REJECTED, f"the destination rejected the DDL {dict(command)}: {exc}")
             return
         if applied:
             report.applied["c"] += 1
@@ -202,7 +214,7 @@ class Applier:
         update_ids = {w.key: w.document_id for w in writes if w.event.op == "u"}
         for w in writes:
             if w.event.op == "i":
-                if w.event.converge:
+                if w.event.converge or w.event.replayed:
                     w.request = ReplaceOne({"_id": w.document_id}, w.event.fields["o"], upsert=True)
                 else:
                     w.request = InsertOne(w.event.fields["o"])
@@ -223,7 +235,7 @@ class Applier:
             elif op == "u":
                 current = state.get(w.key, _ABSENT)
                 if current is _ABSENT:
-                    if w.event.converge:  # deleted before the copy read it; its delete follows
+                    if w.event.converge or w.event.replayed:  # deleted before the copy read it; its delete follows
                         report.passed_over["snapshot_overlap"] += 1
                         continue
                     if not self._policy.upsert:
@@ -234,39 +246,50 @@ class Applier:
                 try:
                     updated = apply_update(current, w.event.fields["o"])
                 except UpdateFormatError as exc:
-                    self._reject(w.event, UNAPPLICABLE_UPDATE, f"cannot apply the update: {exc}")
+                    self._reject(report, w.event, UNAPPLICABLE_UPDATE, f"cannot apply the update: {exc}")
                     continue
                 state[w.key] = updated
                 w.request = ReplaceOne({"_id": w.document_id}, updated, upsert=self._policy.upsert)
 
     def _execute(self, collection, writes: list[_Write], report: ApplyReport) -> None:  # type: ignore[no-untyped-def]
-        start = 0
-        while start < len(writes):
-            batch = writes[start:]
+        while writes:
             try:
-                collection.bulk_write([w.request for w in batch], ordered=True)
+                collection.bulk_write([w.request for w in writes], ordered=True)
             except BulkWriteError as exc:
                 first = exc.details["writeErrors"][0]
-                failed = batch[first["index"]]
-                for w in batch[: first["index"]]:
-                    report.applied[w.event.op] += 1
+                failed, done = writes[first["index"]], writes[: first["index"]]
+                self._written(report, done)
                 if first.get("code") not in DUPLICATE_KEY_CODES:
-                    self._reapply(collection, batch[: first["index"]])
-                    self._reject(failed.event, REJECTED, f"the destination rejected the event: {first.get('errmsg')} "
-                                                         f"(code {first.get('code')})")
-                    start += first["index"] + 1
-                    continue
-                index_name = duplicate_index_name(first)
-                if failed.replaces_on_duplicate and index_name == "_id_":
-                    self._replace_existing(collection, failed, report)
+                    self._reapply(collection, done)
+                    self._reject(report, failed.event, REJECTED, f"the destination rejected the event: "
+                                                                 f"{first.get('errmsg')} (code {first.get('code')})")
+                    writes = writes[first["index"] + 1:]
                 else:
-                    self._conflict(report, Conflict(DUPLICATE_KEY, failed.event, first.get("code"),
-                                                    first.get("errmsg", ""), index_name))
-                start += first["index"] + 1
+                    writes = self._duplicate(collection, failed, first, writes[first["index"] + 1:], report)
                 continue
-            for w in batch:
-                report.applied[w.event.op] += 1
+            self._written(report, writes)
             return
+
+    @staticmethod
+    def _written(report: ApplyReport, writes: list[_Write]) -> None:
+        for w in writes:
+            report.applied[w.event.op] += 1
+
+    def _duplicate(self, collection, write: _Write, error: dict, rest: list[_Write],  # type: ignore[no-untyped-def]
+                   report: ApplyReport) -> list[_Write]:
+        """Handle a duplicate-key refusal; returns the writes still to do."""
+        index_name = duplicate_index_name(error)
+        ts = write.event.fields.get("ts")
+        same_time = [i for i, later in enumerate(rest) if later.event.fields.get("ts") == ts]
+        if write.replaces_on_duplicate and index_name == "_id_":
+            self._replace_existing(collection, write, report)
+        elif index_name != "_id_" and same_time and not write.tried_again:
+            write.tried_again = True
+            return rest[: same_time[-1] + 1] + [write] + rest[same_time[-1] + 1:]
+        else:
+            self._conflict(report, Conflict(DUPLICATE_KEY, write.event, error.get("code"), error.get("errmsg", ""),
+                                            index_name))
+        return rest
 
     def _reapply(self, collection, writes: list[_Write]) -> None:  # type: ignore[no-untyped-def]
         """Make sure the writes before a rejected one are applied: mongod applies them, but a server may reject an
@@ -288,11 +311,10 @@ class Applier:
             self._conflict(report, Conflict(DUPLICATE_KEY, write.event, exc.code, str(details.get("errmsg", exc)),
                                             duplicate_index_name(details)))
             return
-        report.applied["i"] += 1
+        self._written(report, [write])
 
     def _conflict(self, report: ApplyReport, conflict: Conflict) -> None:
         report.conflicts.append(conflict)
-        self._on_conflict(conflict)
 
 
 _INDEX_IN_MESSAGE = re.compile(r"index: (\S+) dup key")

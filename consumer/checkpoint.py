@@ -1,7 +1,10 @@
-"""The consumer's checkpoint in the destination: per partition, the last applied offset and source `ts`.
+"""The consumer's checkpoint in the destination: per partition, the last applied offset and source `ts`, the
+producer's watermark reached, and the id of the topic the offsets belong to.
 
 Written after each applied batch and before the Kafka offset commit, so a crash in between loses nothing:
-on assignment the consumer resumes from whichever of the two is further."""
+on assignment the consumer resumes from whichever of the two is further, if both were saved for the topic it
+now reads (a topic deleted and re-created under the same name starts over). Other instances of the group read each
+other's watermarks here."""
 from __future__ import annotations
 
 import datetime as _dt
@@ -20,6 +23,14 @@ class PartitionPosition:
     ts: Timestamp | None
     # Set once the partition passed a snapshot's completion event: changes up to it overlap the copy.
     snapshot_until: Timestamp | None = None
+    # Every change of this partition at or before it is applied (the producer's watermark, from the last message).
+    watermark: Timestamp | None = None
+    # The producer was in sync with the source at this time, and everything before it in this partition is applied.
+    in_sync_as_of: _dt.datetime | None = None
+    topic_id: str | None = None
+    # The newest event (offset, index in its message) applied, which can lie beyond `offset` when a message was
+    # applied in part: a restart reads those events again and applies them convergently.
+    applied_through: tuple[int, int] | None = None
 
 
 class ConsumerCheckpointStore:
@@ -30,12 +41,22 @@ class ConsumerCheckpointStore:
     def _key(self, topic: str, partition: int) -> str:
         return f"{self._group}/{topic}/{partition}"
 
+    @staticmethod
+    def _position(document: dict) -> PartitionPosition:
+        applied = document.get("applied_through")
+        return PartitionPosition(document["topic"], int(document["partition"]), int(document["offset"]),
+                                 document.get("ts"), document.get("snapshot_until"), document.get("watermark"),
+                                 document.get("in_sync_as_of"), document.get("topic_id"),
+                                 (int(applied[0]), int(applied[1])) if applied else None)
+
     def load(self, topic: str, partition: int) -> PartitionPosition | None:
         document = self._collection.find_one({"_id": self._key(topic, partition)})
-        if document is None:
-            return None
-        return PartitionPosition(topic, partition, int(document["offset"]), document.get("ts"),
-                                 document.get("snapshot_until"))
+        return None if document is None else self._position({"topic": topic, "partition": partition, **document})
+
+    def load_topic(self, topic: str) -> dict[int, PartitionPosition]:
+        """Every partition of `topic` this group has a checkpoint for, whichever instance wrote it."""
+        return {int(document["partition"]): self._position(document)
+                for document in self._collection.find({"group": self._group, "topic": topic})}
 
     def save(self, positions: list[PartitionPosition]) -> None:
         if not positions:
@@ -45,20 +66,17 @@ class ConsumerCheckpointStore:
             [
                 UpdateOne(
                     {"_id": self._key(p.topic, p.partition)},
-                    {
-                        "$set": {
-                            "group": self._group,
-                            "topic": p.topic,
-                            "partition": p.partition,
-                            "offset": p.offset,
-                            "ts": p.ts,
-                            "snapshot_until": p.snapshot_until,
-                            "updated_at": now,
-                        }
-                    },
+                    {"$set": {"group": self._group, "topic": p.topic, "partition": p.partition, "offset": p.offset,
+                              "ts": p.ts, "snapshot_until": p.snapshot_until, "watermark": p.watermark,
+                              "in_sync_as_of": p.in_sync_as_of, "topic_id": p.topic_id,
+                              "applied_through": list(p.applied_through) if p.applied_through else None,
+                              "updated_at": now}},
                     upsert=True,
                 )
                 for p in positions
             ],
             ordered=False,
         )
+
+    def forget(self, topic: str, partition: int) -> None:
+        self._collection.delete_one({"_id": self._key(topic, partition)})

@@ -3,10 +3,12 @@ Change-stream events are turned into oplog form, and a received `applyOps` entry
 from __future__ import annotations
 
 from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any
 
 from consumer.change_events import is_change_event, to_oplog_form
 from oplog.transactions import unwind
+from schemas import headers
 from schemas.codec import UndecodableMessage, check_event, decode_events
 
 
@@ -18,9 +20,21 @@ class Event:
     topic: str
     partition: int
     offset: int
+    # Position of the event inside its message (raw batches and unwound transactions hold several).
+    index: int = 0
     # Applied as mongod's initial sync applies the oplog over a copy: inserts insert-or-replace, an update of a
     # missing document is passed over. Snapshot documents, and changes that overlap the copy.
     converge: bool = False
+    # Applied before, by this group (read again after a restart or a rebalance): applied the same convergent way.
+    replayed: bool = False
+
+    @property
+    def where(self) -> tuple[str, int]:
+        return self.topic, self.partition
+
+    @property
+    def position(self) -> tuple[int, int]:
+        return self.offset, self.index
 
     @property
     def op(self) -> str:
@@ -31,9 +45,11 @@ class Event:
         return self.fields["ns"]
 
 
-def decode_message(value: bytes | None, topic: str, partition: int, offset: int) -> list[Event]:
+def decode_message(value: bytes | None, topic: str, partition: int, offset: int,
+                   message_headers: Mapping[str, str] | None = None) -> list[Event]:
     events: list[Event] = []
-    for fields in decode_events(value):
+    rendering = (message_headers or {}).get(headers.JSON_RENDERING)
+    for fields in decode_events(value, rendering, strict_json=True):
         if is_change_event(fields):
             fields = to_oplog_form(fields)
         check_event(fields)
@@ -41,9 +57,9 @@ def decode_message(value: bytes | None, topic: str, partition: int, offset: int)
         if isinstance(command, dict) and "applyOps" in command:
             for inner in unwind(fields, command["applyOps"], fields["ts"]):
                 check_event(inner)
-                events.append(Event(inner, topic, partition, offset))
+                events.append(Event(inner, topic, partition, offset, len(events)))
         else:
-            events.append(Event(fields, topic, partition, offset))
+            events.append(Event(fields, topic, partition, offset, len(events)))
     return events
 
 

@@ -3,7 +3,13 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
+from consumer.conflicts import DUPLICATE_KEY, UPDATE_MISSING
+from consumer.dead_letters import REASONS as DEAD_LETTER_REASONS
 from runtime.version import VERSION
+
+# Every reason an event is passed over, so each series exists (at 0) before its first event.
+PASSED_OVER = ("noop", "command", "filtered", "internal_namespace", "invalidate", "history_gap", "snapshot_overlap",
+               "replayed")
 
 
 class ConsumerMetrics:
@@ -28,8 +34,13 @@ class ConsumerMetrics:
         self.kafka_lag = Gauge("kafkashake_consumer_kafka_lag_messages", "Messages between the consumer's position "
                                "and the partition's end.", ["partition"], registry=r)
         self.lag = Gauge(
-            "kafkashake_consumer_lag_seconds", "Now minus the source time of the last applied event.", registry=r
+            "kafkashake_consumer_lag_seconds", "How far the destination is behind the source: 0 when every change "
+            "the producer had read is applied; grows while the consumer, Kafka or the producer fall behind.",
+            registry=r,
         )
+        self.held_changes = Gauge("kafkashake_consumer_held_changes", "Changes of collections with a unique index "
+                                  "besides _id, held until every partition of their topic is complete through them "
+                                  "(they apply in source order).", registry=r)
         self.delay = Gauge("kafkashake_consumer_delay_seconds", "The target delay in force.", registry=r)
         self.checkpoint_ts = Gauge(
             "kafkashake_consumer_checkpoint_timestamp_seconds", "Source time of the newest checkpointed event.", registry=r
@@ -38,6 +49,14 @@ class ConsumerMetrics:
         self.bulk_write_seconds = Histogram(
             "kafkashake_consumer_bulk_write_seconds", "Time to apply one batch to the destination.", registry=r
         )
+        for op in ("i", "u", "d", "c"):
+            self.events_applied.labels(op)
+        for reason in PASSED_OVER:
+            self.events_passed_over.labels(reason)
+        for kind in (DUPLICATE_KEY, UPDATE_MISSING):
+            self.conflicts.labels(kind)
+        for reason in DEAD_LETTER_REASONS:
+            self.dead_letters.labels(reason)
         Info("kafkashake_build", "Build and role.", registry=r).info(
             {"version": VERSION, "role": "consumer", "fetch_method": "", "format": ""}
         )

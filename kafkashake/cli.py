@@ -156,6 +156,19 @@ class OnHistoryLost(str, enum.Enum):
     RESTART_AT_NOW = "restart-at-now"
 
 
+class LargeMessage(str, enum.Enum):
+    FRAGMENT = "fragment"
+    FAIL = "fail"
+
+
+def _topic_config(values: list[str] | None) -> dict[str, str]:
+    try:
+        return kafka_config.parse_properties(values or [])
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc).replace("-X linger.ms=5", "--topic-config retention.ms=604800000"),
+                                 param_hint="'--topic-config'") from exc
+
+
 class ConflictTarget(str, enum.Enum):
     NONE = "none"
     DB = "db"
@@ -389,7 +402,9 @@ ControlToken = Annotated[Optional[str], typer.Option("--control-token", help="Be
                                                      envvar=env("control_token"), show_envvar=True,
                                                      callback=_control_token)]
 StartupTimeout = Annotated[float, typer.Option("--startup-timeout-seconds", min=1, help="How long to keep trying "
-                                               "to reach MongoDB at start-up before exiting 1 with what to check.",
+                                               "to reach MongoDB and Kafka at start-up before exiting 1 with what to "
+                                               "check; later, how long Kafka may be unreachable before /readyz "
+                                               "reports it.",
                                                envvar=env("startup_timeout_seconds"), show_envvar=True)]
 MetricsHost = Annotated[
     str, typer.Option("--metrics-host", help="Address the metrics endpoint binds to.", envvar=env("metrics_host"), show_envvar=True)
@@ -531,6 +546,22 @@ def producer_run(
     partition_by: Annotated[PartitionBy, typer.Option("--partition-by", help="Message key: id (namespace + _id, keeps "
                                                       "per-document order), collection or database.",
                                                       envvar=env("partition_by"), show_envvar=True)] = PartitionBy.ID,
+    topic_config: Annotated[Optional[list[str]], typer.Option("--topic-config", help="Topic setting key=value for "
+                                                              "the topics the producer creates, e.g. retention.ms=604800000 "
+                                                              "or max.message.bytes=8388608 (repeatable).",
+                                                              envvar=env("topic_config"), show_envvar=True)] = None,
+    large_message: Annotated[LargeMessage, typer.Option("--large-message", help="A message larger than its topic "
+                                                        "accepts (max.message.bytes, read from the brokers): fragment "
+                                                        "sends it in fragments that kafkashake's consumer reassembles "
+                                                        "(docs/formats.md); fail stops the producer, naming the change.",
+                                                        envvar=env("large_message"),
+                                                        show_envvar=True)] = LargeMessage.FRAGMENT,
+    heartbeat_interval_seconds: Annotated[float, typer.Option("--heartbeat-interval-seconds", min=0, help="A partition "
+                                                              "that had no message for this long gets a heartbeat with "
+                                                              "the producer's watermark, so consumers know how far "
+                                                              "they are complete (--exit-at, lag, unique indexes). 0: "
+                                                              "none.", envvar=env("heartbeat_interval_seconds"),
+                                                              show_envvar=True)] = 2.0,
     kafka_property: KafkaProperty = None,
     kafka_security_protocol: KafkaSecurityProtocol = None,
     kafka_sasl_mechanism: KafkaSaslMechanism = None,
@@ -566,7 +597,7 @@ def producer_run(
         raise typer.BadParameter("--start-position only applies to --sync-mode incr: a copy captures its own start "
                                  "position just before it begins", param_hint="'--start-position'")
     from producer.change_stream_source import WatchSettings
-    from producer.publisher import Encoding
+    from producer.publisher import Encoding, LargeMessages
     from producer.run import ProducerRun
     from producer.settings import ProducerSettings
     from producer.snapshot import SnapshotSettings
@@ -574,7 +605,8 @@ def producer_run(
     settings = ProducerSettings(
         source_uri=source_uri, brokers=brokers, topic=topic, name=name,
         encoding=Encoding(message_format, json_mode, avro_codec, batch_max_events, batch_max_bytes,
-                          batch_linger_ms / 1000),
+                          batch_linger_ms / 1000, LargeMessages(large_message.value)),
+        topic_config=_topic_config(topic_config), heartbeat_interval_s=heartbeat_interval_seconds,
         compression=compression.value, replication_factor=replication_factor, fetch_method=fetch_method.value,
         watch=WatchSettings(watch_db, watch_coll, full_document.value, full_document_before_change.value,
                             show_expanded_events, on_history_lost.value),
@@ -740,6 +772,8 @@ def inspect(
                                         callback=_inspect_offset)] = "beginning",
     limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="Stop after this many messages.")] = None,
     follow: Annotated[bool, typer.Option("--follow", help="Keep waiting for new messages at the end.")] = False,
+    heartbeats: Annotated[bool, typer.Option("--heartbeats", help="Also show the producer's heartbeats "
+                                             "(docs/formats.md).")] = False,
     output: Annotated[InspectOutput, typer.Option("--output", help="pretty: relaxed Extended JSON, indented; json: one "
                                                   "canonical Extended JSON line per event with its Kafka position "
                                                   "and headers.")] = InspectOutput.PRETTY,
@@ -762,7 +796,7 @@ def inspect(
         run_inspect(brokers, topic, partition, parse_offset(offset), limit, follow, output.value,
                     _kafka_settings(kafka_property, kafka_security_protocol, kafka_sasl_mechanism, kafka_sasl_username,
                                   kafka_sasl_password, kafka_sasl_password_file, kafka_ssl_ca_location,
-                                  kafka_ssl_certificate_location, kafka_ssl_key_location))
+                                  kafka_ssl_certificate_location, kafka_ssl_key_location), heartbeats=heartbeats)
     except FatalError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(exc.exit_code) from None

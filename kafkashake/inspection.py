@@ -13,7 +13,7 @@ from bson import json_util
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from runtime.errors import FatalError
-from schemas import headers
+from schemas import fragments, headers
 from schemas.codec import UndecodableMessage, decode_events, sniff
 
 RELAXED = json_util.JSONOptions(json_mode=json_util.JSONMode.RELAXED)
@@ -42,10 +42,15 @@ def _message_fields(message: Message) -> dict[str, Any]:
     }
 
 
-def describe_message(message: Message) -> Iterator[dict[str, Any]]:
-    """One record per event in the message, or one record saying why it cannot be decoded."""
+def describe_message(message: Message, value: bytes | None = None,
+                     first_offset: int | None = None) -> Iterator[dict[str, Any]]:
+    """One record per event in the message, or one record saying why it cannot be decoded. `value` is the whole
+    value of a fragmented message, which then starts at `first_offset`."""
     fields = _message_fields(message)
-    value = message.value()
+    if first_offset is not None and first_offset != message.offset():
+        fields["first_offset"] = first_offset
+        fields["headers"] = {k: v for k, v in fields["headers"].items() if k not in fragments.FRAGMENT_HEADERS}
+    value = message.value() if value is None else value
     try:
         events = decode_events(value)
         fields["format"] = sniff(value).value
@@ -83,8 +88,23 @@ def _dead_letter_line(message_headers: dict[str, str]) -> str:
             f"{message_headers.get(headers.DLQ_ERROR)}")
 
 
+def _whole_value(reassembly: fragments.Reassembly, message: Message,
+                 message_headers: dict[str, str]) -> tuple[bytes | None, int | None] | None:
+    """The message's whole value and first offset; None while fragments are missing. Fragments that cannot be
+    reassembled are shown as they are (undecodable)."""
+    if not fragments.is_fragment(message_headers):
+        reassembly.interrupted()
+        return None, None
+    try:
+        whole = reassembly.add(message_headers, message.value() or b"", message.offset())
+    except fragments.FragmentError:
+        return None, None
+    return None if whole is None else (whole.value, whole.first_offset)
+
+
 def run_inspect(brokers: str, topic: str, partition: int | None, offset: int, limit: int | None, follow: bool,
-                output: str, kafka_properties: dict[str, str], out: TextIO = sys.stdout) -> int:
+                output: str, kafka_properties: dict[str, str], out: TextIO = sys.stdout,
+                heartbeats: bool = False) -> int:
     config = {"bootstrap.servers": brokers, "group.id": f"kafkashake-inspect-{uuid.uuid4().hex[:8]}",
               "enable.auto.commit": False, "enable.partition.eof": True, **kafka_properties}
     consumer = Consumer(config)
@@ -99,6 +119,7 @@ def run_inspect(brokers: str, topic: str, partition: int | None, offset: int, li
     chosen = [partition] if partition is not None else sorted(described.partitions)
     consumer.assign([TopicPartition(topic, p, offset) for p in chosen])
     printed = 0
+    reassemblies: dict[int, fragments.Reassembly] = {}
     at_end: set[int] = set()
     idle_since = time.monotonic()
     try:
@@ -118,7 +139,14 @@ def run_inspect(brokers: str, topic: str, partition: int | None, offset: int, li
                     continue
                 raise FatalError(f"Kafka error while reading {topic}: {error}")
             at_end.discard(message.partition())
-            for record in describe_message(message):
+            message_headers = headers.as_dict(message.headers())
+            if message_headers.get(headers.HEARTBEAT) == "true" and not heartbeats:
+                continue
+            whole = _whole_value(reassemblies.setdefault(message.partition(), fragments.Reassembly()), message,
+                                 message_headers)
+            if whole is None:
+                continue
+            for record in describe_message(message, *whole):
                 print(render(record, output), file=out, flush=True)
             printed += 1
     finally:

@@ -39,6 +39,13 @@ class Operation:
     snapshot: bool = False
 
 
+def raw_bytes(document: Any) -> bytes:
+    """A raw document's BSON as `bytes`. pymongo 4.18+ hands out documents of 4 KiB or more as read-only
+    `memoryview`s of the whole server reply, which Kafka clients refuse and which keep that reply alive."""
+    raw = document.raw
+    return raw if type(raw) is bytes else bytes(raw)
+
+
 def transaction_id(entry: Mapping[str, Any]) -> str | None:
     """`<lsid.id hex>:<txnNumber>` for operations of a transaction or a retryable write."""
     lsid = entry.get("lsid")

@@ -100,3 +100,12 @@ def command_target(ns: str, command: Mapping[str, Any]) -> str:
     if isinstance(target, str):
         return target if "." in target else f"{db}.{target}"
     return db
+
+
+def affected_namespaces(ns: str, command: Mapping[str, Any]) -> list[str]:
+    """Every namespace an oplog DDL command changes: `db.coll`, or `db` for a database-wide command. A rename
+    changes two."""
+    target = command_target(ns, command)
+    if "renameCollection" in command and isinstance(command.get("to"), str):
+        return [target, command["to"]]
+    return [target]

@@ -21,7 +21,7 @@ from pymongo import MongoClient
 from pymongo.errors import OperationFailure
 
 from oplog import position
-from oplog.entry import SYSTEM_DATABASES, Operation, transaction_id
+from oplog.entry import SYSTEM_DATABASES, Operation, raw_bytes, transaction_id
 from oplog.namespaces import NamespaceFilter
 from producer.checkpoint import Checkpoint
 from producer.metrics import ProducerMetrics
@@ -214,7 +214,7 @@ class ChangeStreamSource:
                 self._read_token, self._read_ts = token, event["clusterTime"]
                 self._idle_token = None
                 self._metrics.events_read.labels(event["operationType"]).inc()
-                yield [(to_operation(event, event.raw), self._slot(token, event["clusterTime"]))]
+                yield [(to_operation(event, raw_bytes(event)), self._slot(token, event["clusterTime"]))]
                 if event["operationType"] == "invalidate":
                     return  # reopened by the caller with startAfter the invalidate token
 
@@ -265,10 +265,9 @@ class ChangeStreamSource:
             return self._cluster_time()
         return self._read_ts
 
-    def lag_seconds(self) -> float:
-        if self._read_ts is None or self._safe is None:
-            return 0.0
-        return float(max(0, self._read_ts.time - self._safe.ts.time))
+    def in_sync(self) -> bool:
+        self.safe_checkpoint()
+        return not self._pending and self._idle_token is not None
 
     def window(self) -> tuple[Timestamp | None, Timestamp | None]:
         try:

@@ -15,6 +15,7 @@ from pymongo.errors import DuplicateKeyError
 
 from runtime.errors import FatalError
 from runtime.version import VERSION
+from schemas import WIRE_VERSION
 
 
 class FencedError(FatalError):
@@ -35,6 +36,8 @@ class CheckpointStore:
         self._task = task
         self._fetch_method = fetch_method
         self._last_saved: Checkpoint | None = None
+        # The wire version of the producer that saved the loaded checkpoint (1 when it did not say).
+        self.loaded_wire_version: int | None = None
         # --ha: the lease epoch this instance writes with; writes fail once a higher epoch has written.
         self.epoch: int | None = None
 
@@ -44,6 +47,7 @@ class CheckpointStore:
             return None
         self._last_saved = Checkpoint(document["ts"], document.get("resume_token"),
                                       document.get("fetch_method", "oplog"), document.get("scope", ""))
+        self.loaded_wire_version = int(document.get("wire_version", 1))
         return self._last_saved
 
     def _fenced(self) -> dict[str, Any]:
@@ -73,6 +77,7 @@ class CheckpointStore:
             "fetch_method": checkpoint.fetch_method,
             "scope": checkpoint.scope,
             "version": VERSION,
+            "wire_version": WIRE_VERSION,
             "updated_at": _dt.datetime.now(tz=_dt.timezone.utc),
         }
         if self.epoch is not None:

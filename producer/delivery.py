@@ -27,7 +27,6 @@ class DeliveryTracker:
         self._last_read = start
         self._read_through = start
         self._safe = start
-        self.newest_acknowledged: Timestamp | None = None
 
     @property
     def last_read(self) -> Timestamp:
@@ -57,8 +56,13 @@ class DeliveryTracker:
 
     def acknowledged(self, slot: DeliverySlot) -> None:
         slot.acknowledged = True
-        if self.newest_acknowledged is None or slot.ts > self.newest_acknowledged:
-            self.newest_acknowledged = slot.ts
+
+    def all_acknowledged(self) -> bool:
+        """Everything read is acknowledged, and the source was read to its end."""
+        pending = self._pending
+        while pending and pending[0].acknowledged:
+            pending.popleft()
+        return not pending and self._read_through == self._last_read
 
     def safe_position(self, hold_below: Timestamp | None = None) -> Timestamp:
         """The position to checkpoint now; it never moves backwards."""

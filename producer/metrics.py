@@ -25,7 +25,8 @@ class ProducerMetrics:
         self.delivery_errors = Counter("kafkashake_producer_delivery_errors", "Messages Kafka refused.", registry=r)
         self.lag = Gauge(
             "kafkashake_producer_lag_seconds",
-            "Source time of the newest event read minus that of the newest acknowledged (server clock).",
+            "How far Kafka is behind the source: 0 while everything read is acknowledged and the source read to its "
+            "end; grows while the producer cannot read or publish.",
             registry=r,
         )
         self.checkpoint_ts = Gauge(
@@ -51,6 +52,8 @@ class ProducerMetrics:
             "Initial copy: a collection's estimated document count when the copy was planned.", ["namespace"],
             registry=r,
         )
+        for op in ("i", "u", "d", "c", "n"):
+            self.events_read.labels(op)
         Info("kafkashake_build", "Build and role.", registry=r).info(
             {"version": VERSION, "role": "producer", "fetch_method": fetch_method, "format": message_format}
         )

@@ -7,7 +7,8 @@ from typing import Any
 from bson.raw_bson import RawBSONDocument
 from bson.timestamp import Timestamp
 
-from oplog.entry import CRUD_OPS, DDL_COMMANDS, Operation, encode_operation, is_internal_namespace, is_migration, operation_from
+from oplog.entry import (CRUD_OPS, DDL_COMMANDS, Operation, encode_operation, is_internal_namespace, is_migration,
+                         operation_from, raw_bytes)
 from oplog.namespaces import NamespaceFilter, command_target
 from oplog.transactions import TransactionAssembler, is_transaction_command
 
@@ -58,7 +59,7 @@ class OperationExtractor:
         reason = self._wanted(entry)
         if reason is not None:
             return self._skip(reason)
-        return [operation_from(entry, entry.raw)]
+        return [operation_from(entry, raw_bytes(entry))]
 
     def _command(self, entry: RawBSONDocument) -> list[Operation]:
         """--ddl: schema changes are published (keyed by namespace; the publisher sends them to every partition)."""
@@ -71,4 +72,4 @@ class OperationExtractor:
             return self._skip("internal_namespace")
         if self._namespaces and not self._namespaces.allows(target):
             return self._skip("namespace_filter")
-        return [Operation(entry["ts"], "c", entry["ns"], None, entry.raw, entry.get("wall"), None)]
+        return [Operation(entry["ts"], "c", entry["ns"], None, raw_bytes(entry), entry.get("wall"), None)]

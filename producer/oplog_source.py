@@ -85,9 +85,8 @@ class OplogSource:
         """The newest position read so far."""
         return self.tracker.last_read
 
-    def lag_seconds(self) -> float:
-        newest = self.tracker.newest_acknowledged
-        return max(0, self.tracker.last_read.time - newest.time) if newest else 0.0
+    def in_sync(self) -> bool:
+        return self.tracker.all_acknowledged() and self._extractor.hold_below() is None
 
     def window(self) -> tuple[Timestamp | None, Timestamp | None]:
         return self._reader.oldest(), self._reader.newest()

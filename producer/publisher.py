@@ -1,27 +1,33 @@
 """Encoding operations into messages and publishing them with an idempotent Kafka producer.
 
-`bson` and `json` send one message per operation. `raw` collects operations per destination partition into
-Avro container batches, bounded by events, bytes and a linger time. Every message lands in partition
-`murmur2(key) % partitions`, so third parties can recompute it (see schemas/partitioning.py): librdkafka's
-`murmur2_random` partitioner places keyed messages, raw batches name the partition their events hash to."""
+`bson` and `json` send one message per operation. `raw` collects operations per destination partition into Avro
+container batches (producer/raw_batches.py). Every message lands in partition `murmur2(key) % partitions`, set
+explicitly, so third parties can recompute it (schemas/partitioning.py). A value larger than its topic accepts
+travels as fragments (schemas/fragments.py), or stops the producer with `--large-message fail`. Every message
+carries the producer's watermark: everything at or before it was acknowledged by Kafka before this message was
+handed over."""
 from __future__ import annotations
 
+import datetime as _dt
+import enum
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, Protocol
 
 import bson
-from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from bson.timestamp import Timestamp
+from confluent_kafka import KafkaError, KafkaException, Message
 
-from oplog import position
 from oplog.entry import Operation, is_ddl
-from oplog.namespaces import command_target
+from oplog.namespaces import affected_namespaces, command_target
+from producer.raw_batches import RawBatch, RawBatches
 from runtime.errors import FatalError
 from runtime.kafka_topics import TopicDirectory
-from schemas import WIRE_VERSION, headers, topics
+from schemas import WIRE_VERSION, fragments, headers, topics
+from schemas.heartbeats import Heartbeat, heartbeat_event
 from schemas.codec import JsonMode, MessageFormat, encode_json, encode_raw_batch, raw_record
 from schemas.partitioning import PartitionBy, canonical_json, message_key, partition_for
 
@@ -33,12 +39,20 @@ PRODUCER_DEFAULTS: dict[str, Any] = {
     "partitioner": "murmur2_random",
     "linger.ms": 5,
     "compression.type": "none",
-    # A reassembled change event (document + pre-image + update) can exceed MongoDB's 16 MB document limit.
+    # Only the client's own ceiling: each message is sized to its topic's max.message.bytes, read from the brokers.
     "message.max.bytes": 64 * 1024 * 1024,
 }
-RAW_RECORD_OVERHEAD_BYTES = 64
+# A record batch's header, one record's framing and the largest header set, besides key and value.
+RECORD_OVERHEAD_BYTES = 61 + 40
+HEADER_OVERHEAD_BYTES = 10
+SAFETY_MARGIN_BYTES = 256
 
 Acknowledge = Callable[[], None]
+
+
+class LargeMessages(str, enum.Enum):
+    FRAGMENT = "fragment"
+    FAIL = "fail"
 
 
 @dataclass(frozen=True)
@@ -49,34 +63,47 @@ class Encoding:
     batch_max_events: int = 500
     batch_max_bytes: int = 1024 * 1024
     batch_linger_s: float = 0.05
+    large_messages: LargeMessages = LargeMessages.FRAGMENT
 
 
-class _Batch:
-    __slots__ = ("records", "acknowledgements", "size", "started", "namespaces", "ops", "newest", "snapshot")
-
-    def __init__(self) -> None:
-        self.records: list[dict[str, Any]] = []
-        self.acknowledgements: list[Acknowledge] = []
-        self.size = 0
-        self.started = time.monotonic()
-        self.namespaces: set[str] = set()
-        self.ops: set[str] = set()
-        self.newest: Any = None
-        self.snapshot = True
+class KafkaProducer(Protocol):
+    def produce(self, topic: str, value: bytes | None = ..., key: bytes | None = ..., partition: int = ...,
+                on_delivery: Any = ..., headers: Any = ...) -> None: ...
+    def poll(self, timeout: float = ...) -> int: ...
+    def flush(self, timeout: float = ...) -> int: ...
 
 
-def _describe(operation: Operation) -> str:
+def describe_operation(operation: Operation) -> str:
     return f"the {operation.op} event on {operation.ns} for _id {canonical_json(operation.document_id)}"
+
+
+def barrier_namespaces(operation: Operation) -> tuple[str, list[str], str | None]:
+    """A DDL event's namespace (`db.coll`, or `db`), every namespace it changes, and its command name."""
+    if operation.op == "c":
+        command = bson.decode(operation.value)["o"]
+        return command_target(operation.ns, command), affected_namespaces(operation.ns, command), next(iter(command))
+    if operation.op == "rename":
+        event = bson.decode(operation.value)
+        to = event.get("to") or (event.get("operationDescription") or {}).get("to")
+        if isinstance(to, dict) and to.get("coll"):
+            return operation.ns, [operation.ns, f"{to.get('db')}.{to['coll']}"], operation.op
+    return operation.ns, [operation.ns], operation.op
 
 
 def _single(values: set[str]) -> str:
     return next(iter(values)) if len(values) == 1 else headers.MIXED
 
 
+def overhead(key: bytes | None, message_headers: list[tuple[str, bytes]]) -> int:
+    """Bytes a record adds to its value inside a record batch."""
+    return (RECORD_OVERHEAD_BYTES + SAFETY_MARGIN_BYTES + len(key or b"")
+            + sum(len(name) + len(value) + HEADER_OVERHEAD_BYTES for name, value in message_headers))
+
+
 class Publisher:
-    def __init__(self, config: dict[str, Any], topic_template: str, task: str, encoding: Encoding,
-                 partition_by: PartitionBy, topic_directory: TopicDirectory) -> None:
-        self._producer = Producer(config)
+    def __init__(self, producer: KafkaProducer, topic_directory: TopicDirectory, topic_template: str, task: str,
+                 encoding: Encoding, partition_by: PartitionBy) -> None:
+        self._producer = producer
         self._template = topic_template
         self._encoding = encoding
         self._partition_by = partition_by
@@ -86,10 +113,15 @@ class Publisher:
             (headers.WIRE_VERSION, str(WIRE_VERSION).encode()),
             (headers.TASK, task.encode()),
         ]
-        self._batches: dict[tuple[str, int], _Batch] = {}
+        self._batches = RawBatches(encoding.batch_max_events, encoding.batch_max_bytes, encoding.batch_linger_s)
         self._last_headers: tuple[Any, list[tuple[str, bytes]]] = (None, [])
+        self._watermark: list[tuple[str, bytes]] = []
         self.delivery_error: str | None = None
+        self.delivered = 0
+        self.last_sent: dict[tuple[str, int], float] = {}
         self._topic_for = lru_cache(maxsize=4096)(self._resolve_topic)
+
+    # ------------------------------------------------------------------------------------------ routing
 
     def topic_for(self, ns: str) -> str:
         return self._topic_for(ns)
@@ -100,45 +132,70 @@ class Publisher:
         except ValueError as exc:
             raise FatalError(str(exc)) from exc
 
+    def known_topics(self) -> list[str]:
+        """Topics this publisher has sent to so far."""
+        return sorted({topic for topic, _ in self.last_sent})
+
+    def set_watermark(self, ts: Timestamp | None) -> None:
+        """Everything at or before `ts` is acknowledged by Kafka: messages handed over from now on say so."""
+        self._watermark = [] if ts is None else [(headers.WATERMARK, headers.position_text(ts).encode())]
+
+    # ------------------------------------------------------------------------------------------ events
+
     def publish(self, operation: Operation, on_acknowledged: Acknowledge) -> None:
         if is_ddl(operation.op):
             self._publish_barrier(operation, on_acknowledged)
             return
         topic = self._topic_for(operation.ns)
         key = message_key(self._partition_by, operation.ns, operation.document_id)
-        partitions = self._topics.partitions(topic)
+        limits = self._topics.limits(topic)
+        partition = partition_for(key, limits.partitions)
         message_format = self._encoding.message_format
         if message_format is MessageFormat.RAW:
-            self._add_to_batch(topic, partition_for(key, partitions), operation, on_acknowledged)
+            for closed in self._batches.add(topic, partition, operation, on_acknowledged,
+                                            limits.max_message_bytes - overhead(None, self._raw_headers_bound())):
+                self._send_batch(*closed)
             return
-        value = operation.value if message_format is MessageFormat.BSON else encode_json(operation.value, self._encoding.json_mode)
-        message_headers = self._operation_headers(operation)
-        # librdkafka's murmur2_random partitioner computes the same partition as partition_for, in C.
-        self._produce(topic, None, key, value, message_headers, [on_acknowledged], lambda: _describe(operation))
+        value, message_headers = self._single_event_message(operation)
+        self._produce(topic, partition, key, value, message_headers, [on_acknowledged],
+                      lambda: describe_operation(operation))
 
     def _publish_barrier(self, operation: Operation, on_acknowledged: Acknowledge) -> None:
-        """A DDL event goes to every partition of its topic, after everything already queued there."""
-        ns = operation.ns
-        command_name = None
-        if operation.op == "c":
-            command = bson.decode(operation.value)["o"]
-            ns = command_target(ns, command)
-            command_name = next(iter(command), None)
-        topic = self._topic_for(ns if "." in ns else f"{ns}.$cmd")
+        """A DDL event goes to every partition of every topic it affects, after everything queued there."""
+        ns, affected, command_name = barrier_namespaces(operation)
         barrier = f"{headers.position_text(operation.ts)}:{ns}"
         if operation.snapshot:  # one copy publishes several commands per collection, all at its capture position
             barrier += f":snapshot:{command_name}"
-        self._fan_out(operation, [topic], ns, on_acknowledged, barrier, lambda: f"the DDL {barrier}")
+        self._fan_out(operation, self._barrier_topics(affected), ns, on_acknowledged, barrier,
+                      lambda: f"the DDL {barrier}")
 
-    def broadcast(self, operation: Operation, topic_names: list[str], on_acknowledged: Acknowledge) -> None:
+    def _barrier_topics(self, namespaces: list[str]) -> list[str]:
+        """Topics whose order a DDL event must keep: its namespace's, a rename's target's, and for a database-wide
+        command every topic of that database (those the brokers have, and those written so far)."""
+        names = {self._topic_for(target if "." in target else f"{target}.$cmd") for target in namespaces}
+        database_wide = [target for target in namespaces if "." not in target]
+        if database_wide and topics.is_template(self._template):
+            candidates = set(self._topics.existing()) | set(self.known_topics())
+            for db in database_wide:
+                names |= {name for name in candidates if topics.belongs_to_database(self._template, name, db)}
+        return sorted(names)
+
+    def barrier(self, operation: Operation, topic_names: list[str], barrier: str, on_acknowledged: Acknowledge) -> None:
+        """A synchronisation point in every partition of the topics: consumers apply everything before it first."""
+        self._fan_out(operation, topic_names, operation.ns, on_acknowledged, barrier, lambda: f"the barrier {barrier}")
+
+    def broadcast(self, operation: Operation, topic_names: list[str], on_acknowledged: Acknowledge,
+                  extra_headers: list[tuple[str, bytes]] | None = None) -> None:
         """Send one event to every partition of each topic, after everything already queued there."""
         self._fan_out(operation, topic_names, operation.ns, on_acknowledged, None,
-                      lambda: f"the {operation.op} event broadcast at {headers.position_text(operation.ts)}")
+                      lambda: f"the {operation.op} event broadcast at {headers.position_text(operation.ts)}",
+                      extra_headers or [])
 
     def _fan_out(self, operation: Operation, topic_names: list[str], key: str, on_acknowledged: Acknowledge,
-                 barrier: str | None, describe: Callable[[], str]) -> None:
-        for queued_topic, partition in [queued for queued in self._batches if queued[0] in topic_names]:
-            self._send_batch(queued_topic, partition)
+                 barrier: str | None, describe: Callable[[], str],
+                 extra_headers: list[tuple[str, bytes]] | None = None) -> None:
+        for closed in self._batches.drain(set(topic_names)):
+            self._send_batch(*closed)
         counts = {topic: self._topics.partitions(topic) for topic in topic_names}
         remaining = [sum(counts.values())]
         if not remaining[0]:
@@ -149,116 +206,160 @@ class Publisher:
             if remaining[0] == 0:
                 on_acknowledged()
 
-        message_format = self._encoding.message_format
-        if message_format is MessageFormat.RAW:
-            value = encode_raw_batch([raw_record(position.to_int64(operation.ts), operation.op, operation.ns, None,
-                                                 operation.wall, operation.txn, operation.value)],
-                                     self._encoding.avro_codec)
-        elif message_format is MessageFormat.JSON:
-            value = encode_json(operation.value, self._encoding.json_mode)
-        else:
-            value = operation.value
+        value, message_headers = self._single_event_message(operation)
+        message_headers = message_headers + (extra_headers or [])
+        if barrier is not None:
+            spread = ",".join(f"{topic}:{partitions}" for topic, partitions in counts.items())
+            message_headers = message_headers + [(headers.BARRIER, barrier.encode()),
+                                                 (headers.BARRIER_PARTITIONS, str(sum(counts.values())).encode()),
+                                                 (headers.BARRIER_TOPICS, spread.encode())]
         for topic, partitions in counts.items():
-            message_headers = self._operation_headers(operation)
-            if barrier is not None:
-                message_headers = message_headers + [(headers.BARRIER, barrier.encode()),
-                                                     (headers.BARRIER_PARTITIONS, str(partitions).encode())]
             for partition in range(partitions):
                 self._produce(topic, partition, key.encode(), value, message_headers, [one_copy_acknowledged],
                               describe)
 
+    def _single_event_message(self, operation: Operation) -> tuple[bytes, list[tuple[str, bytes]]]:
+        """The value and headers of a message holding this one event."""
+        message_format = self._encoding.message_format
+        message_headers = self._operation_headers(operation)
+        if message_format is MessageFormat.RAW:
+            document_id = None if operation.document_id is None else canonical_json(operation.document_id)
+            return encode_raw_batch([raw_record(operation.ts, operation.op, operation.ns, document_id, operation.wall,
+                                                operation.txn, operation.value)],
+                                    self._encoding.avro_codec), message_headers
+        if message_format is MessageFormat.JSON:
+            value, rendering = encode_json(operation.value, self._encoding.json_mode)
+            return value, message_headers + [(headers.JSON_RENDERING, rendering.value.encode())]
+        return operation.value, message_headers
+
     def _operation_headers(self, operation: Operation) -> list[tuple[str, bytes]]:
         """Headers of one event's message; consecutive events alike (a copy's documents) share one list."""
-        identity = (operation.ns, operation.op, operation.ts, operation.snapshot)
+        identity = (operation.ns, operation.op, operation.ts, operation.snapshot, id(self._watermark))
         if identity == self._last_headers[0]:
             return self._last_headers[1]
         message_headers = self._static_headers + [
             (headers.NAMESPACE, operation.ns.encode()),
             (headers.OPERATION, operation.op.encode()),
             (headers.SOURCE_TS, headers.position_text(operation.ts).encode()),
+            *self._watermark,
         ]
         if operation.snapshot:
             message_headers.append((headers.SNAPSHOT, b"true"))
         self._last_headers = (identity, message_headers)
         return message_headers
 
-    def _add_to_batch(self, topic: str, partition: int, operation: Operation, on_acknowledged: Acknowledge) -> None:
-        batch = self._batches.get((topic, partition))
-        if batch is None:
-            batch = self._batches[(topic, partition)] = _Batch()
-        batch.records.append(raw_record(
-            position.to_int64(operation.ts), operation.op, operation.ns, canonical_json(operation.document_id),
-            operation.wall, operation.txn, operation.value,
-        ))
-        batch.acknowledgements.append(on_acknowledged)
-        batch.size += len(operation.value) + RAW_RECORD_OVERHEAD_BYTES
-        batch.namespaces.add(operation.ns)
-        batch.ops.add(operation.op)
-        batch.newest = operation.ts
-        batch.snapshot = batch.snapshot and operation.snapshot
-        encoding = self._encoding
-        if len(batch.records) >= encoding.batch_max_events or batch.size >= encoding.batch_max_bytes:
-            self._send_batch(topic, partition)
+    def heartbeat(self, topic_names: list[str], heartbeat: Heartbeat, quiet_for_s: float) -> int:
+        """Send a heartbeat to every partition of `topic_names` that has had no message for `quiet_for_s`;
+        returns how many were sent."""
+        now = time.monotonic()
+        wall = _dt.datetime.now(tz=_dt.timezone.utc)
+        operation = Operation(heartbeat.watermark, "n", "", None, heartbeat_event(heartbeat, wall), wall)
+        value: bytes | None = None
+        sent = 0
+        for topic in topic_names:
+            for partition in range(self._topics.partitions(topic)):
+                if now - self.last_sent.get((topic, partition), 0.0) < quiet_for_s:
+                    continue
+                if value is None:
+                    value, message_headers = self._single_event_message(operation)
+                    message_headers = message_headers + [(headers.HEARTBEAT, b"true")]
+                self._produce(topic, partition, None, value, message_headers, [], lambda: "a heartbeat")
+                sent += 1
+        return sent
 
-    def _send_batch(self, topic: str, partition: int) -> None:
-        batch = self._batches.pop((topic, partition))
+    # ------------------------------------------------------------------------------------------ raw batches
+
+    def _raw_headers_bound(self) -> list[tuple[str, bytes]]:
+        """The largest header set a raw batch message can have, for sizing batches."""
+        return self._static_headers + [(headers.NAMESPACE, b"x" * 256), (headers.OPERATION, b"x" * 16),
+                                       (headers.SOURCE_TS, b"x" * 24), (headers.COUNT, b"x" * 8),
+                                       (headers.WATERMARK, b"x" * 24), (headers.SNAPSHOT, b"true")]
+
+    def _send_batch(self, topic: str, partition: int, batch: RawBatch) -> None:
         message_headers = self._static_headers + [
             (headers.NAMESPACE, _single(batch.namespaces).encode()),
             (headers.OPERATION, _single(batch.ops).encode()),
             (headers.SOURCE_TS, headers.position_text(batch.newest).encode()),
             (headers.COUNT, str(len(batch.records)).encode()),
+            *self._watermark,
         ]
         if batch.snapshot:
             message_headers.append((headers.SNAPSHOT, b"true"))
         value = encode_raw_batch(batch.records, self._encoding.avro_codec)
-        first = batch.records[0]
-        self._produce(topic, partition, None, value, message_headers, batch.acknowledgements,
-                      lambda: f"a raw batch of {len(batch.records)} events starting with {first['ns']} "
-                              f"_id {first['document_id']}")
+        self._produce(topic, partition, None, value, message_headers, batch.acknowledgements, batch.describe)
 
     def send_due_batches(self) -> None:
-        """Send raw batches that have waited their linger time. Batches sit in the dict in the order they were
-        opened, so the first one is the oldest and most calls return after looking at it alone."""
-        deadline = time.monotonic() - self._encoding.batch_linger_s
-        while self._batches:
-            (topic, partition), oldest = next(iter(self._batches.items()))
-            if oldest.started > deadline:
-                return
-            self._send_batch(topic, partition)
+        for closed in self._batches.due():
+            self._send_batch(*closed)
 
-    def _produce(self, topic: str, partition: int | None, key: bytes | None, value: bytes,
+    # ------------------------------------------------------------------------------------------ Kafka
+
+    def _produce(self, topic: str, partition: int, key: bytes | None, value: bytes,
                  message_headers: list[tuple[str, bytes]], acknowledgements: list[Acknowledge],
                  describe: Callable[[], str]) -> None:
+        limit = self._topics.limits(topic).max_message_bytes
+        room = limit - overhead(key, message_headers)
+        self.last_sent[(topic, partition)] = time.monotonic()
+        if len(value) <= room:
+            self._send(topic, partition, key, value, message_headers, self._on_delivery(acknowledgements, describe,
+                                                                                        topic, len(value)))
+            return
+        if self._encoding.large_messages is LargeMessages.FAIL:
+            raise FatalError(
+                f"{describe()} makes a message of {len(value)} bytes, over what topic {topic} accepts "
+                f"({limit} bytes, its max.message.bytes). Run with --large-message fragment (the default) to send it "
+                "in fragments, or raise the topic's max.message.bytes")
+        slices = list(fragments.split(value, limit - overhead(key, message_headers + fragments.bound_headers())))
+        remaining = [len(slices)]
+
+        def fragment_acknowledged() -> None:
+            remaining[0] -= 1
+            if remaining[0] == 0:
+                for acknowledge in acknowledgements:
+                    acknowledge()
+
+        delivered = self._on_delivery([fragment_acknowledged], describe, topic, len(value))
+        for piece, fragment_headers in slices:
+            self._send(topic, partition, key, piece, message_headers + fragment_headers, delivered)
+
+    def _on_delivery(self, acknowledgements: list[Acknowledge], describe: Callable[[], str], topic: str,
+                     size: int) -> Callable[[KafkaError | None, Message], None]:
         def delivered(error: KafkaError | None, _message: Message) -> None:
             if error is None:
+                self.delivered += 1
                 for acknowledge in acknowledgements:
                     acknowledge()
             elif self.delivery_error is None:
-                self.delivery_error = f"{error} for {describe()} ({len(value)} bytes) on topic {topic}"
-                if error.code() == KafkaError.MSG_SIZE_TOO_LARGE:
-                    self.delivery_error += ": raise the topic's max.message.bytes (and the brokers' message.max.bytes)"
+                self.delivery_error = f"{error} for {describe()} ({size} bytes) on topic {topic}"
+                if error.code() in (KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE):
+                    self.delivery_error += (": the topic's max.message.bytes is below what the producer read at "
+                                            "start (lowered while it ran?); restart it to read the limit again")
+                elif error.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED:
+                    self.delivery_error += ": grant this principal Write on the topic"
 
-        explicit = {} if partition is None else {"partition": partition}
+        return delivered
+
+    def _send(self, topic: str, partition: int, key: bytes | None, value: bytes,
+              message_headers: list[tuple[str, bytes]], delivered: Callable[[KafkaError | None, Message], None]) -> None:
         while True:
             try:
-                self._producer.produce(topic, value=value, key=key, headers=message_headers, on_delivery=delivered,
-                                       **explicit)
+                self._producer.produce(topic, value=value, key=key, partition=partition, headers=message_headers,
+                                       on_delivery=delivered)
                 return
             except BufferError:
                 self._producer.poll(0.05)
             except KafkaException as exc:
-                if exc.args[0].code() == KafkaError.MSG_SIZE_TOO_LARGE:
-                    raise FatalError(
-                        f"{describe()} makes a message of {len(value)} bytes, over message.max.bytes; raise it with "
-                        "-X message.max.bytes=N (and the topic's max.message.bytes)"
-                    ) from exc
-                raise
+                raise FatalError(f"Kafka refused a message for topic {topic} ({len(value)} bytes): {exc}") from exc
 
     def poll(self, timeout: float = 0.0) -> None:
         self._producer.poll(timeout)
 
+    def outstanding(self) -> int:
+        """Messages handed to Kafka and not yet acknowledged."""
+        return len(self._producer)  # type: ignore[arg-type]
+
     def flush(self, timeout: float) -> int:
         """Send open batches and wait for outstanding acknowledgements; returns how many are still outstanding."""
-        for topic, partition in list(self._batches):
-            self._send_batch(topic, partition)
+        for closed in self._batches.drain():
+            self._send_batch(*closed)
         return self._producer.flush(timeout)

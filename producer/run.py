@@ -1,13 +1,17 @@
 """The producer's main loop, shared by both fetch methods: read, publish, track acknowledgements, checkpoint."""
 from __future__ import annotations
 
+import datetime as _dt
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
+import bson
 from bson.raw_bson import RawBSONDocument
 from bson.timestamp import Timestamp
+from confluent_kafka import Producer
 
 from oplog import position
 from oplog.entry import Operation
@@ -19,23 +23,32 @@ from producer.metrics import ProducerMetrics
 from producer.operations import OperationExtractor
 from producer.oplog_reader import OplogReader
 from producer.oplog_source import OplogSource
+from producer.progress import SyncProgress
 from producer.publisher import PRODUCER_DEFAULTS, Publisher
 from producer.settings import ProducerSettings
 from producer.snapshot_state import SnapshotStore
 from runtime import kafka_config, mongo
+from runtime.kafka_health import KafkaHealth
 from runtime.kafka_topics import TopicDirectory
 from runtime.http_api import ProcessEndpoint
+from runtime.logs import RateLimitedLog
 from runtime.status import Liveness, RateMeter, RuntimeControls, counter_totals, describe_position, sanitized
 from runtime.errors import FatalError
 from runtime.retry import Backoff, is_transient, retry_transient
 from runtime.shutdown import ShutdownFlag
-from schemas import topics
+from schemas import WIRE_VERSION, topics
+from schemas.partitioning import PartitionBy
 
 log = logging.getLogger("kafkashake.producer")
+REPARTITION_MESSAGE = "kafkashake partitioning changed"
 FLUSH_TIMEOUT_S = 60.0
 WINDOW_REFRESH_S = 10.0
 # Delivery reports are served every this many entries read or this often, and whenever the oplog is read to its end.
 ACKNOWLEDGEMENTS_EVERY, ACKNOWLEDGEMENTS_S = 64, 0.01
+# With a topic template, the brokers' topic list is read again this often to heartbeat topics of other runs.
+TOPIC_LIST_REFRESH_S = 60.0
+# Say so in the log when Kafka has acknowledged nothing for this long while messages wait.
+ACKNOWLEDGEMENT_STALL_LOG_S = 10.0
 
 
 class Source(Protocol):
@@ -44,7 +57,7 @@ class Source(Protocol):
     def changes(self) -> Any: ...
     def acknowledged(self, slot: Any) -> None: ...
     def safe_checkpoint(self) -> Checkpoint: ...
-    def lag_seconds(self) -> float: ...
+    def in_sync(self) -> bool: ...
     def read_position(self) -> Timestamp: ...
     def window(self) -> tuple[Timestamp | None, Timestamp | None]: ...
 
@@ -81,11 +94,20 @@ class ProducerRun:
         self.liveness = Liveness("streaming")
         self._saved: Checkpoint | None = None
         self._source_started = False
+        self.progress = SyncProgress()
+        self.kafka_health = KafkaHealth("producer", settings.brokers, settings.startup_timeout_s)
+        self._heartbeat_topics: list[str] = []
+        self._topics_listed_at = 0.0
+        self._heartbeat_at = 0.0
+        self._acknowledged_at = time.monotonic()
+        self._delivered_seen = 0
+        self._stall_log = RateLimitedLog(log, per_window=1, window_s=30.0)
+        self._message_timeout_ms = int(settings.kafka_properties.get("message.timeout.ms", 300_000))
         self.endpoint = ProcessEndpoint(self.metrics.registry, self.status, self.ready, self.controls.apply,
                                         settings.control_token)
 
     def ready(self) -> tuple[bool, str]:
-        return self.liveness.readiness(self.controls.paused)
+        return self.kafka_health.readiness() or self.liveness.readiness(self.controls.paused)
 
     def status(self) -> dict[str, Any]:
         names = ("kafkashake_producer_events_read", "kafkashake_producer_events_filtered",
@@ -99,7 +121,7 @@ class ProducerRun:
             "now": describe_position(Timestamp(int(time.time()), 0)),
             "positions": {"read": describe_position(read),
                           "checkpointed": describe_position(self._saved.ts if self._saved else None)},
-            "lag_seconds": source.lag_seconds() if streaming else None,
+            "lag_seconds": self.progress.lag_seconds() if streaming else None,
             "counters": {name.removeprefix("kafkashake_producer_"): value for name, value in totals.items()},
             "rates_per_second": {name.removeprefix("kafkashake_producer_"): value
                                  for name, value in self._rates.rates(totals).items()},
@@ -167,10 +189,12 @@ class ProducerRun:
         config = kafka_config.client_config(
             settings.brokers, {**PRODUCER_DEFAULTS, "compression.type": settings.compression}, settings.kafka_properties
         )
-        directory = TopicDirectory(config, settings.partitions, settings.replication_factor)
+        directory = TopicDirectory(config, settings.partitions, settings.replication_factor, settings.topic_config)
         if not topics.is_template(settings.topic):
             directory.partitions(settings.topic)
-        publisher = Publisher(config, settings.topic, settings.name, settings.encoding, settings.partition_by, directory)
+        self._directory = directory
+        publisher = Publisher(Producer({**config, **self.kafka_health.client_options()}), directory, settings.topic,
+                              settings.name, settings.encoding, settings.partition_by)
         self._refresh_window(start.ts)
         log.info(
             "producer started",
@@ -188,6 +212,7 @@ class ProducerRun:
                 log.info("copy done (--sync-mode full): exiting; a later --sync-mode incr run with this --name "
                          "streams from the position captured before the copy")
                 return
+            self._announce_repartition(publisher, start)
             self._stream(publisher)
         finally:
             remaining = publisher.flush(FLUSH_TIMEOUT_S)
@@ -213,6 +238,7 @@ class ProducerRun:
                     self._beat()
                     while self.controls.paused and not self.shutdown.requested:
                         publisher.poll(0.2)
+                        self._after_acknowledgements(publisher, caught_up=False)
                         self._beat()
                         if time.monotonic() - last_save >= self.settings.checkpoint_interval_s:
                             self._checkpoint()
@@ -227,14 +253,9 @@ class ProducerRun:
                     turns, now = turns + 1, time.monotonic()
                     if pending is None or turns >= ACKNOWLEDGEMENTS_EVERY or now - polled_at >= ACKNOWLEDGEMENTS_S:
                         publisher.poll(0)
+                        self._after_acknowledgements(publisher, caught_up=pending is None)
                         turns, polled_at = 0, now
                     backoff.reset()
-                    if publisher.delivery_error is not None:
-                        self.metrics.delivery_errors.inc()
-                        raise FatalError(
-                            f"Kafka did not acknowledge a message: {publisher.delivery_error}. "
-                            "The checkpoint stays before it; restart to publish again from there"
-                        )
                     if now - last_save >= self.settings.checkpoint_interval_s:
                         self._checkpoint()
                         last_save = time.monotonic()
@@ -245,7 +266,85 @@ class ProducerRun:
                     raise
                 delay = backoff.next_delay()
                 log.warning("source unavailable, retrying", extra={"error": str(exc), "retry_in_s": round(delay, 2)})
-                self.shutdown.wait(delay)
+                deadline = time.monotonic() + delay
+                while not self.shutdown.requested and time.monotonic() < deadline:
+                    publisher.poll(min(0.2, max(0.0, deadline - time.monotonic())))
+                    self._after_acknowledgements(publisher, caught_up=False)
+
+    def _announce_repartition(self, publisher: Publisher, start: Checkpoint) -> None:
+        """A checkpoint saved by a wire-version-1 producer: messages before it were keyed by the _id's exact type,
+        after it by value (schemas/partitioning.py), so a document's changes may sit in two partitions. A no-op
+        barrier in every partition makes consumers apply everything before it first."""
+        saved_version = self.store.loaded_wire_version
+        if saved_version is None or saved_version >= WIRE_VERSION or self.settings.partition_by is not PartitionBy.ID:
+            return
+        targets = self._topics_to_heartbeat(publisher)
+        done = threading.Event()
+        value = bson.encode({"op": "n", "ns": "", "ts": start.ts, "wall": _dt.datetime.now(tz=_dt.timezone.utc),
+                             "o": {"msg": REPARTITION_MESSAGE, "from_wire_version": saved_version,
+                                   "to_wire_version": WIRE_VERSION}})
+        publisher.barrier(Operation(start.ts, "n", "", None, value), targets, f"{position.describe(start.ts)}:repartition",
+                          done.set)
+        publisher.flush(FLUSH_TIMEOUT_S)
+        if not done.is_set():
+            raise FatalError("Kafka did not acknowledge the repartition barrier; restart to send it again")
+        log.warning("upgraded from wire version 1: sent a barrier to every partition so consumers apply every change "
+                    "keyed the old way before any keyed the new way", extra={"topics": targets})
+
+    def _after_acknowledgements(self, publisher: Publisher, caught_up: bool) -> None:
+        """Delivery reports were just served: fail on a refused message, move the watermark, send heartbeats."""
+        if publisher.delivery_error is not None:
+            self.metrics.delivery_errors.inc()
+            raise FatalError(f"Kafka did not acknowledge a message: {publisher.delivery_error}. "
+                             "The checkpoint stays before it; restart to publish again from there")
+        if self.kafka_health.fatal is not None:
+            raise FatalError(self.kafka_health.fatal)
+        source = self.source
+        watermark = source.safe_checkpoint().ts
+        if publisher.delivered != self._delivered_seen:
+            self._delivered_seen = publisher.delivered
+            self._acknowledged_at = time.monotonic()
+            self.kafka_health.reached()
+        self.progress.observe(watermark, caught_up and source.in_sync())
+        publisher.set_watermark(watermark)
+        self._send_heartbeats(publisher)
+        self._report_stalled_acknowledgements(publisher)
+
+    def _send_heartbeats(self, publisher: Publisher) -> None:
+        interval = self.settings.heartbeat_interval_s
+        now = time.monotonic()
+        if interval <= 0 or now - self._heartbeat_at < interval:
+            return
+        self._heartbeat_at = now
+        heartbeat = self.progress.heartbeat(interval)
+        if heartbeat is not None:
+            publisher.heartbeat(self._topics_to_heartbeat(publisher), heartbeat, interval)
+
+    def _topics_to_heartbeat(self, publisher: Publisher) -> list[str]:
+        """The topic; with a template, every topic it gives that the brokers have or this run wrote to."""
+        template = self.settings.topic
+        if not topics.is_template(template):
+            return [template]
+        now = time.monotonic()
+        if now - self._topics_listed_at >= TOPIC_LIST_REFRESH_S:
+            self._topics_listed_at = now
+            try:
+                existing = self._directory.existing()
+            except FatalError:
+                existing = self._heartbeat_topics
+            self._heartbeat_topics = [name for name in existing if topics.matches_template(template, name)]
+        return sorted(set(self._heartbeat_topics) | set(publisher.known_topics()))
+
+    def _report_stalled_acknowledgements(self, publisher: Publisher) -> None:
+        waiting = publisher.outstanding()
+        stalled = time.monotonic() - self._acknowledged_at
+        if waiting and stalled >= ACKNOWLEDGEMENT_STALL_LOG_S:
+            self._stall_log.warning(
+                "Kafka has acknowledged nothing for a while: messages wait; the checkpoint stays before them",
+                waiting=waiting, stalled_s=round(stalled), gives_up_after_ms=self._message_timeout_ms,
+                kafka_error=self.kafka_health.last_error)
+        elif not waiting:
+            self._acknowledged_at = time.monotonic()
 
     def _beat(self) -> None:
         """The main loop turned: tell /readyz, and stop if another instance took the --ha lease."""
@@ -280,5 +379,5 @@ class ProducerRun:
         self._call(lambda: self.store.save(safe), "saving the checkpoint")
         self._saved = safe
         self.metrics.checkpoint_ts.set(safe.ts.time)
-        self.metrics.lag.set(self.source.lag_seconds())
+        self.metrics.lag.set(self.progress.lag_seconds())
         self._refresh_window(safe.ts)

@@ -38,6 +38,8 @@ class ProducerSettings:
     partitions: int = 8
     replication_factor: int = -1
     partition_by: PartitionBy = PartitionBy.ID
+    topic_config: dict[str, str] = field(default_factory=dict)
+    heartbeat_interval_s: float = 2.0
     kafka_properties: dict[str, str] = field(default_factory=dict)
     checkpoint_interval_s: float = 1.0
     startup_timeout_s: float = 30.0

@@ -14,6 +14,7 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from runtime.errors import ConfigurationError
 from runtime.secrets import redact
 
 log = logging.getLogger(__name__)
@@ -94,7 +95,13 @@ class ProcessEndpoint:
                 log.info("control applied", extra={"changes": json.dumps(result, default=str)})
                 self._json(200, result)
 
-        server = self._server = ThreadingHTTPServer((host, port), Handler)
+        try:
+            server = self._server = ThreadingHTTPServer((host, port), Handler)
+        except OSError as exc:
+            raise ConfigurationError(
+                f"cannot serve metrics on {host}:{port}: {exc.strerror}. Another process (a second producer or "
+                "consumer on this host?) uses that port: give this one its own --metrics-port (0 picks a free one)"
+            ) from exc
         server.daemon_threads = True
         threading.Thread(target=server.serve_forever, name="http-endpoint", daemon=True).start()
         self.port = int(server.server_address[1])

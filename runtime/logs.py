@@ -67,7 +67,8 @@ class RateLimitedLog:
         self._count = 0
         self._suppressed = 0
 
-    def warning(self, message: str, **fields: Any) -> None:
+    def admit(self) -> bool:
+        """Whether one more line may be written now; counts the ones that may not."""
         now = time.monotonic()
         if now - self._window_start >= self._window_s:
             if self._suppressed:
@@ -75,6 +76,10 @@ class RateLimitedLog:
             self._window_start, self._count, self._suppressed = now, 0, 0
         if self._count < self._per_window:
             self._count += 1
+            return True
+        self._suppressed += 1
+        return False
+
+    def warning(self, message: str, **fields: Any) -> None:
+        if self.admit():
             self._logger.warning(message, extra=fields)
-        else:
-            self._suppressed += 1

@@ -2,4 +2,6 @@
 
 See docs/formats.md for the byte-level description."""
 
-WIRE_VERSION = 1
+# 2: keys normalise numeric _ids, raw records split ts into seconds and increment, fragments, watermarks and
+# faithful json (docs/formats.md, "Versioning").
+WIRE_VERSION = 2

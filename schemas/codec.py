@@ -18,6 +18,7 @@ import datetime as _dt
 import enum
 import io
 import json
+import re
 import struct
 from collections.abc import Iterable, Mapping
 from functools import cache
@@ -29,6 +30,7 @@ import bsonjs
 import fastavro
 from bson.binary import UuidRepresentation
 from bson.codec_options import CodecOptions, DatetimeConversion
+from bson.timestamp import Timestamp
 
 AVRO_MAGIC = b"Obj\x01"
 RAW_BATCH_SCHEMA_FILE = "raw_batch.avsc"
@@ -81,14 +83,50 @@ def avro_codec_available(codec: str) -> bool:
 # ------------------------------------------------------------------------------------------------- encoding
 
 
-def encode_json(event_bson: bytes, mode: JsonMode = JsonMode.CANONICAL) -> bytes:
-    """Extended JSON v2 of one event, converted in C by python-bsonjs (about 6x `bson.json_util`)."""
-    return bsonjs.dumps(event_bson, mode=bsonjs.CANONICAL if mode is JsonMode.CANONICAL else bsonjs.RELAXED).encode()
+class JsonRendering(str, enum.Enum):
+    """How one json message renders its event; every rendering gives back the event's exact BSON."""
+
+    CANONICAL = "canonical"
+    RELAXED = "relaxed"
+    # The event as BSON bytes inside Extended JSON: `{"kafkashake.bson": {"$binary": ...}}`.
+    BSON = "bson"
 
 
-def raw_record(ts: int, op: str, ns: str, document_id: str | None, wall: _dt.datetime | None, txn: str | None,
-               event_bson: bytes) -> dict[str, Any]:
-    return {"ts": ts, "op": op, "ns": ns, "document_id": document_id, "wall": wall, "txn": txn, "event": event_bson}
+WRAPPED_BSON_FIELD = "kafkashake.bson"
+# Field names that an Extended JSON parser reads as a type wrapper. A document with such a field name (legal in
+# MongoDB 5.0+) may not survive the trip through JSON; events holding one are checked by a full round trip.
+_WRAPPER_NAMES = re.compile(rb"\$(?:oid|date|number(?:Long|Int|Double|Decimal)|binary|type|regex|options|"
+                            rb"regularExpression|timestamp|code|scope|symbol|minKey|maxKey|undefined|dbPointer|uuid|"
+                            rb"ref|id|db)\x00")
+
+
+def _round_trips(text: str, event_bson: bytes) -> bool:
+    try:
+        return bsonjs.loads(text) == event_bson
+    except Exception:  # noqa: BLE001 - libbson refuses some renderings outright
+        return False
+
+
+def encode_json(event_bson: bytes, mode: JsonMode = JsonMode.CANONICAL) -> tuple[bytes, JsonRendering]:
+    """Extended JSON v2 of one event (converted in C by python-bsonjs, about 6x `bson.json_util`), and the rendering
+    used: the mode asked for if its JSON gives back the exact BSON, else canonical if that does, else the BSON
+    itself wrapped in Extended JSON. Relaxed JSON turns small Int64s into plain numbers that read back as Int32;
+    field names like `$regex` or `$oid` read back as a Regex or an ObjectId."""
+    if mode is JsonMode.RELAXED:
+        text = bsonjs.dumps(event_bson, mode=bsonjs.RELAXED)
+        if _round_trips(text, event_bson):
+            return text.encode(), JsonRendering.RELAXED
+    text = bsonjs.dumps(event_bson, mode=bsonjs.CANONICAL)
+    if not _WRAPPER_NAMES.search(event_bson) or _round_trips(text, event_bson):
+        return text.encode(), JsonRendering.CANONICAL
+    wrapped = bson.encode({WRAPPED_BSON_FIELD: bson.Binary(event_bson)})
+    return bsonjs.dumps(wrapped, mode=bsonjs.CANONICAL).encode(), JsonRendering.BSON
+
+
+def raw_record(ts: Timestamp, op: str, ns: str, document_id: str | None, wall: _dt.datetime | None,
+               txn: str | None, event_bson: bytes) -> dict[str, Any]:
+    return {"ts_seconds": ts.time, "ts_increment": ts.inc, "op": op, "ns": ns, "document_id": document_id,
+            "wall": wall, "txn": txn, "event": event_bson}
 
 
 def encode_raw_batch(records: Iterable[Mapping[str, Any]], codec: str = "null") -> bytes:
@@ -120,13 +158,32 @@ def _decode_bson(value: bytes) -> dict[str, Any]:
         raise UndecodableMessage(f"damaged BSON: {exc}") from exc
 
 
-def _decode_json(value: bytes) -> dict[str, Any]:
+def _decode_json(value: bytes, rendering: str | None, strict: bool) -> dict[str, Any]:
     try:
-        return _decode_bson(bsonjs.loads(value.decode("utf-8")))
+        text = value.decode("utf-8")
+        event = _decode_bson(bsonjs.loads(text))
     except UndecodableMessage:
         raise
     except Exception as exc:
         raise UndecodableMessage(f"not an Extended JSON document: {exc}") from exc
+    wrapped = event.get(WRAPPED_BSON_FIELD) if len(event) == 1 else None
+    if isinstance(wrapped, bytes):
+        return _decode_bson(bytes(wrapped))
+    if strict and rendering is None and not _canonical_again(text, event):
+        raise UndecodableMessage(
+            "this JSON is not a canonical Extended JSON rendering of its event (relaxed JSON, or field names that "
+            "read as type wrappers), so replaying it could change BSON types; kafkashake producers since wire "
+            "version 2 send only JSON that gives back the exact BSON")
+    return event
+
+
+def _canonical_again(text: str, event: dict[str, Any]) -> bool:
+    """Whether `text` is what canonical Extended JSON of the decoded event would be (up to whitespace)."""
+    again = bsonjs.dumps(bson.encode(event, codec_options=EVENT_CODEC_OPTIONS), mode=bsonjs.CANONICAL)
+    try:
+        return json.loads(text) == json.loads(again)
+    except ValueError:
+        return False
 
 
 def _decode_raw(value: bytes) -> list[dict[str, Any]]:
@@ -142,14 +199,17 @@ def _decode_raw(value: bytes) -> list[dict[str, Any]]:
         raise UndecodableMessage(f"damaged Avro container: {exc}") from exc
 
 
-def decode_events(value: bytes | None) -> list[dict[str, Any]]:
-    """Every event a message value holds, as dicts in BSON field order."""
+def decode_events(value: bytes | None, json_rendering: str | None = None,
+                  strict_json: bool = False) -> list[dict[str, Any]]:
+    """Every event a message value holds, as dicts in BSON field order. `json_rendering` is the message's
+    `kafkashake.json` header; with `strict_json`, JSON without it must be canonical Extended JSON that gives back
+    the same JSON, or it is undecodable rather than replayed with types it may have lost."""
     message_format = sniff(value)
     assert value is not None
     if message_format is MessageFormat.BSON:
         return [_decode_bson(value)]
     if message_format is MessageFormat.JSON:
-        return [_decode_json(value)]
+        return [_decode_json(value, json_rendering, strict_json)]
     return _decode_raw(value)
 
 

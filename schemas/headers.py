@@ -13,10 +13,23 @@ OPERATION = "kafkashake.op"
 SOURCE_TS = "kafkashake.ts"
 TASK = "kafkashake.task"
 COUNT = "kafkashake.count"
+# json only: how the event is rendered, `canonical`, `relaxed` or `bson` (schemas/codec.py, JsonRendering). Every
+# rendering gives back the event's exact BSON.
+JSON_RENDERING = "kafkashake.json"
 # DDL barrier: a DDL event is sent to every partition of its topic; each copy names the barrier and how many
 # partitions carry it, so consumers apply it once, after every earlier event of every partition.
 BARRIER = "kafkashake.barrier"
 BARRIER_PARTITIONS = "kafkashake.barrier.partitions"
+# `topic:partitions,...`: every topic that carries copies of the barrier (a rename spans its source's and its
+# target's topics, a dropDatabase every topic of the database). A consumer that follows only some of them waits
+# for the copies in those.
+BARRIER_TOPICS = "kafkashake.barrier.topics"
+# Everything the producer read at or before this position (`seconds,increment`) was acknowledged by Kafka before
+# this message was handed over: in this partition it all lies at lower offsets. On data messages and heartbeats.
+WATERMARK = "kafkashake.watermark"
+# "true" on heartbeats: a message with no change, sent to a partition that had no message for a while, so that
+# consumers learn the watermark and that the producer is alive (see schemas/heartbeats.py).
+HEARTBEAT = "kafkashake.heartbeat"
 # Set to "true" on messages of the initial copy (--sync-mode all|full); see schemas/snapshot.py.
 SNAPSHOT = "kafkashake.snapshot"
 # Dead letters (the consumer's --dead-letter-topic) keep the original key, value and headers, and add these.
@@ -27,11 +40,22 @@ DLQ_PARTITION = "kafkashake.dlq.partition"
 DLQ_OFFSET = "kafkashake.dlq.offset"
 DLQ_TIME = "kafkashake.dlq.time"
 DLQ_GROUP = "kafkashake.dlq.group"
+# Set when a dead letter is one event of a raw batch: its position in the batch.
+DLQ_EVENT_INDEX = "kafkashake.dlq.event_index"
 MIXED = "*"
 
 
 def position_text(ts: Timestamp) -> str:
     return f"{ts.time},{ts.inc}"
+
+
+def parse_position(text: str) -> Timestamp | None:
+    """`seconds,increment` back into a Timestamp; None if the text is not one."""
+    seconds, _, increment = text.partition(",")
+    try:
+        return Timestamp(int(seconds), int(increment))
+    except (TypeError, ValueError, OverflowError):
+        return None
 
 
 def as_dict(headers: list[tuple[str, bytes | None]] | None) -> dict[str, str]:

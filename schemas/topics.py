@@ -35,3 +35,22 @@ def topic_for(template: str, ns: str) -> str:
     if len(name) > MAX_TOPIC_LENGTH:
         raise ValueError(f"topic name for {ns!r} is longer than Kafka's {MAX_TOPIC_LENGTH} characters")
     return name
+
+
+_MARK = "kafkashakeplaceholdermark"
+
+
+def _pattern(template: str, db: str | None) -> re.Pattern[str]:
+    """Topic names the template gives (to database `db`, or to any), as a regular expression."""
+    rendered = _ILLEGAL.sub("_", template.format(db=_ILLEGAL.sub("_", db) if db is not None else _MARK, coll=_MARK))
+    return re.compile(".+".join(re.escape(part) for part in rendered.split(_MARK)))
+
+
+def belongs_to_database(template: str, topic: str, db: str) -> bool:
+    """Whether `topic` is one the template gives to some collection of database `db`."""
+    return _pattern(template, db).fullmatch(topic) is not None
+
+
+def matches_template(template: str, topic: str) -> bool:
+    """Whether the template could give `topic` to some namespace."""
+    return _pattern(template, None).fullmatch(topic) is not None

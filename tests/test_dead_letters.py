@@ -92,7 +92,7 @@ def test_bad_messages_are_dead_lettered_and_good_ones_applied(destination, broke
     metrics = urllib.request.urlopen(endpoint_url(consumer.log(), "/metrics"), timeout=10).read().decode()
     counted = {m.group(1): float(m.group(2))
                for m in re.finditer(r'kafkashake_consumer_dead_letters_total\{reason="(\w+)"\} (\S+)', metrics)}
-    assert counted == {"undecodable": 5.0, "unknown_op": 1.0, "rejected": 1.0}
+    assert counted == {"undecodable": 5.0, "unknown_op": 1.0, "rejected": 1.0, "unapplicable_update": 0.0}
     assert consumer.terminate() == 0, consumer.log()
 
     shown = subprocess.run([sys.executable, "-m", "kafkashake", "inspect", "--brokers", brokers, "--topic",

@@ -16,7 +16,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 import conftest
 from conftest import FAST_GROUP, ROOT, checkpointed, client, consumer_args, endpoint_url, unique, wait_until
 from kafkashake import embedded, workload
-from schemas import headers
+from schemas import fragments, headers
 from schemas.codec import decode_events, sniff
 from schemas.partitioning import PartitionBy, message_key, partition_for
 
@@ -41,15 +41,44 @@ def wait_equal(source, destination, db: str, timeout: float = 120) -> None:
         pytest.fail("destination differs from source:\n" + "\n".join(last[0][:20]))
 
 
-def read_topic(brokers: str, topic: str, partitions: int = 8) -> list:
-    consumer = Consumer({"bootstrap.servers": brokers, "group.id": unique("reader"), "enable.auto.commit": False})
+class WholeMessage:
+    """A message as a third party sees it once fragments are put back together."""
+
+    def __init__(self, message, value: bytes | None) -> None:
+        self._message, self._value = message, value
+
+    def value(self) -> bytes | None:
+        return self._value
+
+    def __getattr__(self, name: str):
+        return getattr(self._message, name)
+
+
+def read_topic(brokers: str, topic: str, partitions: int = 8, heartbeats: bool = False) -> list:
+    """Every whole message of the topic (fragments reassembled), without heartbeats unless asked for."""
+    consumer = Consumer({"bootstrap.servers": brokers, "group.id": unique("reader"), "enable.auto.commit": False,
+                         "enable.partition.eof": True})
     consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
-    messages, idle_since = [], time.monotonic()
-    while time.monotonic() - idle_since < 5:
-        batch = consumer.consume(500, 0.5)
-        if batch:
-            idle_since = time.monotonic()
-            messages.extend(m for m in batch if m.error() is None)
+    messages: list[WholeMessage] = []
+    at_end: set[int] = set()
+    reassemblies: dict[int, fragments.Reassembly] = defaultdict(fragments.Reassembly)
+    deadline = time.monotonic() + 120
+    while len(at_end) < partitions and time.monotonic() < deadline:
+        for message in consumer.consume(500, 0.5):
+            if message.error() is not None:
+                at_end.add(message.partition())
+                continue
+            at_end.discard(message.partition())
+            header = headers.as_dict(message.headers())
+            if header.get(headers.HEARTBEAT) == "true" and not heartbeats:
+                continue
+            value = message.value()
+            if fragments.is_fragment(header):
+                whole = reassemblies[message.partition()].add(header, value, message.offset())
+                if whole is None:
+                    continue
+                value = whole.value
+            messages.append(WholeMessage(message, value))
     consumer.close()
     return messages
 

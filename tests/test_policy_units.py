@@ -6,8 +6,10 @@ import datetime as dt
 import pytest
 from bson.timestamp import Timestamp
 
-from consumer.delay import DelayGate, source_time
-from consumer.exit_point import ExitPoint
+from consumer.decoder import Event
+from consumer.delay import source_time
+from consumer.gates import DelayGate, ExitGate, Verdict
+from consumer.intake import Received
 from oplog.namespaces import NamespaceFilter, NamespaceMap, command_target
 
 
@@ -35,23 +37,30 @@ def test_transforms_rename_collections_databases_and_ddl_targets() -> None:
         NamespaceMap.parse("shop.items:archive")
 
 
+def received(partition: int, *fields: dict, offset: int = 0) -> Received:
+    message = Received("t", partition, offset, offset, None, b"", [], {})
+    message.events = [Event(dict(f), "t", partition, offset, index) for index, f in enumerate(fields)]
+    return message
+
+
 def test_delay_gate_uses_wall_time_and_never_runs_early() -> None:
     wall = dt.datetime(2026, 1, 1, 12, 0, 0, 250000, tzinfo=dt.timezone.utc)
     assert source_time({"wall": wall}) == wall.timestamp()
     assert source_time({"ts": Timestamp(100, 7)}) == 101.0, "whole-second ts is rounded up"
     gate = DelayGate(3.0)
-    assert not gate.is_due(100.0, now=102.9) and gate.is_due(100.0, now=103.0)
-    gate.hold(("t", 1), 100.0)
+    old = received(1, {"op": "i", "ns": "a.b", "ts": Timestamp(99, 1)})
+    assert gate.check(old, now=102.9) is Verdict.HOLD and gate.check(old, now=103.0) is Verdict.APPLY
     assert gate.release_due(now=102.0) == [] and gate.release_due(now=103.5) == [("t", 1)]
-    assert DelayGate(0).is_due(10**12)
+    assert DelayGate(0).check(received(2, {"op": "i", "ns": "a.b", "ts": Timestamp(10**9, 1)})) is Verdict.APPLY
 
 
-def test_exit_point_needs_every_partition_passed_or_settled_at_its_end() -> None:
-    point = ExitPoint(Timestamp(1000, 5), settle_s=5)
-    assert point.is_past(Timestamp(1000, 6)) and not point.is_past(Timestamp(1000, 5))
-    point.passed(("t", 0))
-    point.reached_end(("t", 1))
-    assert not point.finished([("t", 0), ("t", 1)], now=1003)
-    assert point.finished([("t", 0), ("t", 1)], now=1006)
-    point.received(("t", 1))
-    assert not point.finished([("t", 0), ("t", 1)], now=2000)
+def test_exit_gate_needs_every_partition_passed_or_its_watermark_at_the_exit_point() -> None:
+    gate = ExitGate(Timestamp(1000, 5))
+    assert gate.is_past(Timestamp(1000, 6)) and not gate.is_past(Timestamp(1000, 5))
+    assert gate.check(received(0, {"op": "i", "ns": "a.b", "ts": Timestamp(1000, 6)})) is Verdict.HOLD
+    assert gate.check(received(1, {"op": "i", "ns": "a.b", "ts": Timestamp(1000, 5)})) is Verdict.APPLY
+    watermarks = {("t", 1): Timestamp(1000, 4)}
+    assert not gate.finished([("t", 0), ("t", 1)], watermarks.get), "partition 1 may still get changes up to T"
+    watermarks[("t", 1)] = Timestamp(1000, 5)
+    assert gate.finished([("t", 0), ("t", 1)], watermarks.get)
+    assert not gate.finished([("t", 0), ("t", 1), ("t", 2)], watermarks.get), "no watermark, no knowledge"

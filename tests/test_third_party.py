@@ -52,7 +52,7 @@ def test_every_logged_crud_event_decodes_with_third_party_libraries(source, brok
 
     for fmt, topic in topics.items():
         result = subprocess.run([sys.executable, str(EXAMPLE), "--brokers", brokers, "--topic", topic,
-                                 "--idle-seconds", "4"], capture_output=True, text=True, timeout=120)
+                                 ], capture_output=True, text=True, timeout=120)
         assert result.returncode == 0, result.stderr
         lines = [json.loads(line) for line in result.stdout.splitlines()]
         assert {line["format"] for line in lines} == {fmt}

@@ -141,7 +141,7 @@ def test_partition_for_agrees_with_the_reference_murmur2() -> None:
 
 
 def test_message_keys_by_mode() -> None:
-    assert message_key(PartitionBy.ID, "db.c", 7) == b'db.c\x00{"$numberInt":"7"}'
+    assert message_key(PartitionBy.ID, "db.c", 7) == b'db.c\x00{"$number":"7"}'
     assert message_key(PartitionBy.COLLECTION, "db.c", 7) == b"db.c"
     assert message_key(PartitionBy.DATABASE, "db.c", 7) == b"db"
     assert 0 <= partition_for(b"db.c", 8) < 8

@@ -155,8 +155,9 @@ class KafkaBroker:
             return
         scram = [argument for user in self.scram_users
                  for argument in ("--add-scram", f"{user.mechanism}=[name={user.name},password={user.password}]")]
-        result = subprocess.run(self._java("kafka.tools.StorageTool", "format", "--standalone", "-t",
-                                           self._cluster_id, "-c", str(properties), *scram),
+        # `=`: a cluster id may begin with "-", which the tool would take for an option.
+        result = subprocess.run(self._java("kafka.tools.StorageTool", "format", "--standalone",
+                                           f"--cluster-id={self._cluster_id}", f"--config={properties}", *scram),
                                 capture_output=True, text=True, timeout=300)
         if result.returncode != 0:
             raise BrokerFailed(f"formatting the Kafka storage failed:\n{result.stdout}\n{result.stderr}")

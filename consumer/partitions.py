@@ -1,0 +1,164 @@
+"""What the consumer knows about each partition it owns: where it is applied to, the producer's watermark it has
+reached, whether it was read to its end, and the lag that follows from them."""
+from __future__ import annotations
+
+import datetime as _dt
+import time
+from dataclasses import dataclass
+
+from bson.timestamp import Timestamp
+
+from consumer.checkpoint import PartitionPosition
+from oplog import position
+from consumer.delay import source_time
+from consumer.intake import PartitionKey, Received
+from schemas.heartbeats import Heartbeat
+
+# A heartbeat counts as fresh for this many of its intervals, plus a second.
+FRESH_HEARTBEAT_INTERVALS = 2.0
+
+
+@dataclass
+class PartitionState:
+    topic_id: str | None = None
+    # The last message read and passed through (applied, held by the sequencer, or moved past): its offset and its
+    # newest change's source time.
+    offset: int | None = None
+    ts: Timestamp | None = None
+    snapshot_until: Timestamp | None = None
+    # Every change of this partition at or before it is applied or held here: the producer's watermark, and the
+    # source order of a partition (all changes before one it has read precede it).
+    complete_through: Timestamp | None = None
+    in_sync_as_of: _dt.datetime | None = None
+    # The newest event (offset, index) applied; events at or before `replay_through` were applied by this group
+    # before a restart or rebalance and apply convergently when read again.
+    applied_events_through: tuple[int, int] | None = None
+    replay_through: tuple[int, int] | None = None
+    changed: bool = False
+    at_end: bool = False
+    # The newest source time up to which every change of this partition is applied (seconds since the epoch).
+    complete_as_of: float | None = None
+    heartbeat: Heartbeat | None = None
+    heartbeat_received_at: float | None = None
+    last_was_heartbeat: bool = False
+
+    @property
+    def watermark(self) -> Timestamp | None:
+        return self.complete_through
+
+    def restore(self, saved: PartitionPosition | None) -> None:
+        if saved is None:
+            return
+        self.offset, self.ts, self.snapshot_until = saved.offset, saved.ts, saved.snapshot_until
+        self.complete_through, self.in_sync_as_of = saved.watermark, saved.in_sync_as_of
+        if saved.applied_through is not None and saved.applied_through[0] > saved.offset:
+            self.replay_through = self.applied_events_through = saved.applied_through
+        times = [saved.ts.time if saved.ts is not None else None,
+                 saved.in_sync_as_of.replace(tzinfo=_dt.timezone.utc).timestamp() if saved.in_sync_as_of else None]
+        self.complete_as_of = max((t for t in times if t is not None), default=None)
+
+    def mark_replayed(self, received: Received) -> None:
+        """Events this group applied before (beyond the checkpoint's offset) are applied convergently again."""
+        through = self.replay_through
+        if through is None:
+            return
+        for event in received.events:
+            if event.position <= through:
+                event.replayed = True
+        if received.offset >= through[0]:
+            self.replay_through = None
+
+    def _complete(self, through: Timestamp | None) -> None:
+        if through is not None and (self.complete_through is None or through > self.complete_through):
+            self.complete_through = through
+            self.changed = True
+
+    def held_at(self, ts: Timestamp | None) -> None:
+        """The partition waits at a message whose first change has this time: everything before it is done."""
+        self._complete(position.predecessor(ts) if isinstance(ts, Timestamp) else None)
+
+    def applied_event(self, event_position: tuple[int, int]) -> None:
+        if self.applied_events_through is None or event_position > self.applied_events_through:
+            self.applied_events_through = event_position
+            self.changed = True
+
+    def passed(self, received: Received, snapshot_until: Timestamp | None, now: float | None = None) -> None:
+        """`received` went through: its events applied, held by the sequencer, or moved past."""
+        ts = next((e.fields.get("ts") for e in reversed(received.events) if isinstance(e.fields.get("ts"), Timestamp)),
+                  None)
+        self.offset, self.ts = received.offset, ts or self.ts
+        self.snapshot_until = snapshot_until
+        self._complete(received.watermark)
+        self._complete(position.predecessor(ts) if ts is not None else None)
+        heartbeat = received.heartbeat
+        self.last_was_heartbeat = heartbeat is not None
+        times = [self.complete_as_of]
+        if heartbeat is not None:
+            self.in_sync_as_of = heartbeat.in_sync_as_of
+            self.heartbeat, self.heartbeat_received_at = heartbeat, time.time() if now is None else now
+            times.append(heartbeat.in_sync_as_of.timestamp())
+        times += [source_time(event.fields) for event in received.events if event.op != "n"]
+        self.complete_as_of = max((t for t in times if t is not None), default=None)
+        self.changed = True
+
+    def checkpoint(self, where: PartitionKey, first_held: tuple[int, Timestamp] | None,
+                   held_from: int | None) -> PartitionPosition | None:
+        """Where the partition stands for its checkpoint: never past its oldest change the sequencer holds."""
+        offset, watermark = self.offset, self.complete_through
+        if offset is None and held_from is not None:
+            offset = held_from - 1
+        if first_held is not None:
+            held_offset, held_ts = first_held
+            offset = held_offset - 1 if offset is None else min(offset, held_offset - 1)
+            limit = position.predecessor(held_ts)
+            watermark = limit if watermark is None or watermark > limit else watermark
+        if offset is None:
+            return None
+        return PartitionPosition(where[0], where[1], offset, self.ts, self.snapshot_until, watermark,
+                                 self.in_sync_as_of, self.topic_id, self.applied_events_through)
+
+    def lag_seconds(self, now: float | None = None) -> float | None:
+        """How far this partition's applied changes are behind the source. While it is read to its end and its
+        last message is a fresh heartbeat, the producer's own lag then; otherwise the age of what is known to be
+        complete, which grows while nothing new can be known (no producer, no Kafka, a stalled consumer)."""
+        now = time.time() if now is None else now
+        heartbeat = self.heartbeat
+        if (self.at_end and self.last_was_heartbeat and heartbeat is not None
+                and self.heartbeat_received_at is not None
+                and now - self.heartbeat_received_at <= FRESH_HEARTBEAT_INTERVALS * heartbeat.interval_seconds + 1.0):
+            return heartbeat.lag_seconds
+        if self.complete_as_of is None:
+            return None
+        return round(max(0.0, now - self.complete_as_of), 3)
+
+
+class Partitions:
+    """The states of the partitions this consumer owns."""
+
+    def __init__(self) -> None:
+        self._states: dict[PartitionKey, PartitionState] = {}
+
+    def assign(self, where: PartitionKey) -> PartitionState:
+        state = self._states[where] = PartitionState()
+        return state
+
+    def __getitem__(self, where: PartitionKey) -> PartitionState:
+        return self._states[where]
+
+    def __contains__(self, where: object) -> bool:
+        return where in self._states
+
+    def items(self) -> list[tuple[PartitionKey, PartitionState]]:
+        return list(self._states.items())
+
+    def forget(self, where: PartitionKey) -> None:
+        self._states.pop(where, None)
+
+    def watermark(self, where: PartitionKey) -> Timestamp | None:
+        state = self._states.get(where)
+        return None if state is None else state.watermark
+
+    def lag_seconds(self, now: float | None = None) -> float | None:
+        lags = [lag for lag in (state.lag_seconds(now) for state in self._states.values()) if lag is not None]
+        return max(lags) if lags else None
+

@@ -1,0 +1,171 @@
+"""Source order across partitions, for collections with a unique index besides `_id`.
+
+With `--partition-by id` a document's changes stay in order in one partition, but two documents' changes sit in
+different partitions. Where a unique index ties documents together (a value moved from one to another), applying
+them out of source order makes the index refuse a write the source made: a lost change. The changes of such
+collections ("ordered" collections: the destination has a unique index other than `_id` on them) are therefore held
+here and applied in source time order across every partition of their topic:
+
+- a partition's changes are in source order, so once a partition has given us a change at time T (or a watermark at
+  or after T: schemas/heartbeats.py), every change of it before T is here or applied: it is *complete through* T;
+- a held change at time t applies once every other partition of its topic is complete through t (partitions of
+  other consumer instances tell through their checkpoints);
+- changes released together apply in (time, partition, offset) order.
+
+Other collections keep per-document parallelism. A partition's checkpoint never passes its oldest held change."""
+from __future__ import annotations
+
+import heapq
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from bson.timestamp import Timestamp
+from pymongo import MongoClient
+from pymongo.errors import OperationFailure, PyMongoError
+
+from consumer.decoder import Event
+from consumer.intake import PartitionKey, Received
+from oplog import position
+
+# Above this many held changes a partition is paused (it is ahead of the others); resumed below half of it.
+HELD_PER_PARTITION = 20_000
+INDEXES_TTL_S = 30.0
+
+
+class UniqueIndexes:
+    """Which destination collections have a unique index besides `_id`, read with listIndexes and remembered."""
+
+    def __init__(self, client: MongoClient, ttl_s: float = INDEXES_TTL_S) -> None:
+        self._client = client
+        self._ttl_s = ttl_s
+        self._known: dict[str, tuple[float, bool]] = {}
+
+    def __call__(self, ns: str) -> bool:
+        known = self._known.get(ns)
+        if known is not None and time.monotonic() - known[0] < self._ttl_s:
+            return known[1]
+        db, _, coll = ns.partition(".")
+        try:
+            ordered = any(index.get("unique") and index.get("name") != "_id_"
+                          for index in self._client[db][coll].list_indexes())
+        except OperationFailure:
+            ordered = False
+        except PyMongoError:
+            if known is not None:
+                return known[1]
+            raise
+        self._known[ns] = (time.monotonic(), ordered)
+        return ordered
+
+    def forget(self, ns: str | None = None) -> None:
+        """Read again on next use: a DDL may have changed the indexes."""
+        if ns is None:
+            self._known.clear()
+        else:
+            self._known.pop(ns, None)
+
+
+@dataclass
+class _Held:
+    event: Event
+    first_offset: int
+
+
+@dataclass
+class _Partition:
+    held: deque[_Held] = field(default_factory=deque)
+    through: Timestamp | None = None
+    paused: bool = False
+
+
+class Sequencer:
+    def __init__(self, is_ordered: Callable[[str], bool]) -> None:
+        self._is_ordered = is_ordered
+        self._partitions: dict[PartitionKey, _Partition] = {}
+
+    def _partition(self, where: PartitionKey) -> _Partition:
+        state = self._partitions.get(where)
+        if state is None:
+            state = self._partitions[where] = _Partition()
+        return state
+
+    def take(self, received: Received, destination_ns: Callable[[str], str]) -> list[Event]:
+        """The events of `received` to apply now; those of ordered collections are held here instead. A partition
+        that already holds some holds every later change of an ordered collection too."""
+        state = self._partition(received.where)
+        free: list[Event] = []
+        for event in received.events:
+            if event.op in ("i", "u", "d") and self._is_ordered(destination_ns(event.ns)):
+                state.held.append(_Held(event, received.first_offset))
+            else:
+                free.append(event)
+        ts = next((e.fields.get("ts") for e in reversed(received.events) if isinstance(e.fields.get("ts"), Timestamp)),
+                  None)
+        self.saw(received.where, received.watermark)
+        if ts is not None:
+            self.saw(received.where, position.predecessor(ts))
+        return free
+
+    def saw(self, where: PartitionKey, through: Timestamp | None) -> None:
+        """Every change of this partition at or before `through` has been taken (or applied)."""
+        state = self._partition(where)
+        if through is not None and (state.through is None or through > state.through):
+            state.through = through
+
+    def through(self, where: PartitionKey) -> Timestamp | None:
+        state = self._partitions.get(where)
+        return None if state is None else state.through
+
+    def release(self, complete_through: Callable[[str, int], Timestamp | None],
+                partition_count: Callable[[str], int]) -> list[Event]:
+        """Held changes every other partition of their topic is complete through, in source order."""
+        candidates: list[tuple[Timestamp, PartitionKey, int, int, Event]] = []
+        for (topic, partition), state in self._partitions.items():
+            if not state.held:
+                continue
+            others = [complete_through(topic, other) for other in range(partition_count(topic)) if other != partition]
+            if any(mark is None for mark in others):
+                continue
+            horizon = min(others) if others else None  # type: ignore[type-var]
+            while state.held and (horizon is None or state.held[0].event.fields["ts"] <= horizon):
+                event = state.held.popleft().event
+                candidates.append((event.fields["ts"], (topic, partition), event.offset, event.index, event))
+        return [candidate[-1] for candidate in heapq.nsmallest(len(candidates), candidates,
+                                                                 key=lambda c: (c[0], c[1], c[2], c[3]))]
+
+    def first_held(self, where: PartitionKey) -> tuple[int, Timestamp] | None:
+        """The first offset of the message of this partition's oldest held change, and that change's time."""
+        state = self._partitions.get(where)
+        if state is None or not state.held:
+            return None
+        oldest = state.held[0]
+        return oldest.first_offset, oldest.event.fields["ts"]
+
+    def held(self, where: PartitionKey | None = None) -> int:
+        if where is not None:
+            state = self._partitions.get(where)
+            return 0 if state is None else len(state.held)
+        return sum(len(state.held) for state in self._partitions.values())
+
+    def to_pause(self) -> list[PartitionKey]:
+        """Partitions holding too much (far ahead of the others): to pause until they hold less."""
+        due = [where for where, state in self._partitions.items()
+               if not state.paused and len(state.held) >= HELD_PER_PARTITION]
+        for where in due:
+            self._partitions[where].paused = True
+        return due
+
+    def to_resume(self) -> list[PartitionKey]:
+        due = [where for where, state in self._partitions.items()
+               if state.paused and len(state.held) < HELD_PER_PARTITION // 2]
+        for where in due:
+            self._partitions[where].paused = False
+        return due
+
+    def paused(self) -> set[PartitionKey]:
+        return {where for where, state in self._partitions.items() if state.paused}
+
+    def forget(self, where: PartitionKey) -> None:
+        self._partitions.pop(where, None)

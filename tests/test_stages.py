@@ -1,0 +1,179 @@
+"""Unit tests of the pure stages added for exact replay: key text, fragments, raw batch sizing, the sequencer, lag
+and heartbeats. No servers."""
+from __future__ import annotations
+
+import datetime as dt
+import os
+
+import bson
+import pytest
+from bson import Decimal128, Int64, ObjectId, Timestamp
+from bson.raw_bson import RawBSONDocument
+
+from consumer.decoder import Event
+from consumer.intake import Received
+from consumer.partitions import PartitionState
+from consumer.sequencer import Sequencer
+from oplog.entry import Operation
+from producer.progress import SyncProgress
+from producer.raw_batches import RawBatches
+from schemas import fragments, headers
+from schemas.codec import encode_raw_batch
+from schemas.heartbeats import Heartbeat, heartbeat_event, heartbeat_of
+from schemas.partitioning import PartitionBy, key_text, message_key, number_text
+
+
+# ------------------------------------------------------------------------------------------------ key text
+
+KEY_VECTORS = [
+    (ObjectId("65a1b2c3d4e5f60718293a4b"), '{"$oid":"65a1b2c3d4e5f60718293a4b"}'),
+    ("a\u00e9", '"a\\u00e9"'),
+    (7, '{"$number":"7"}'),
+    (Int64(7), '{"$number":"7"}'),
+    (7.0, '{"$number":"7"}'),
+    (Decimal128("7.000"), '{"$number":"7"}'),
+    (Decimal128("1E+2"), '{"$number":"100"}'),
+    (-0.0, '{"$number":"0"}'),
+    (2.5, '{"$number":"2.5"}'),
+    (0.1, '{"$number":"0.1000000000000000055511151231257827021181583404541015625"}'),
+    (Decimal128("0.1"), '{"$number":"0.1"}'),
+    (float("nan"), '{"$number":"NaN"}'),
+    (Decimal128("-Infinity"), '{"$number":"-Infinity"}'),
+    ({"k": Int64(7), "s": "x"}, '{"k":{"$number":"7"},"s":"x"}'),
+    ({"a": [1, 2.0]}, '{"a":[{"$number":"1"},{"$number":"2"}]}'),
+    (True, "true"),
+    (None, "null"),
+    (dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc), '{"$date":{"$numberLong":"1704067200000"}}'),
+]
+
+
+@pytest.mark.parametrize("value, text", KEY_VECTORS, ids=[text for _, text in KEY_VECTORS])
+def test_key_text_vectors(value: object, text: str) -> None:
+    assert key_text(value) == text
+
+
+def test_ids_mongodb_holds_equal_share_a_key_and_others_do_not() -> None:
+    for same in ([7, Int64(7), 7.0, Decimal128("7"), Decimal128("7.0")], [{"a": 1}, {"a": 1.0}],
+                 [RawBSONDocument(bson.encode({"a": Int64(1)})), {"a": 1}]):
+        assert len({message_key(PartitionBy.ID, "d.c", value) for value in same}) == 1
+    for different in ([0.1, Decimal128("0.1")], [{"a": 1, "b": 2}, {"b": 2, "a": 1}], [1, "1"], [1, True]):
+        assert len({message_key(PartitionBy.ID, "d.c", value) for value in different}) == len(different)
+    assert number_text(2**63 - 1) == str(2**63 - 1)
+
+
+# ------------------------------------------------------------------------------------------------ fragments
+
+
+def reassemble(pieces: list[tuple[bytes, list[tuple[str, bytes]]]], start: int = 0) -> fragments.Reassembled | None:
+    reassembly = fragments.Reassembly()
+    whole = None
+    for offset, (piece, fragment_headers) in enumerate(pieces, start):
+        whole = reassembly.add(headers.as_dict(fragment_headers), piece, offset)
+    return whole
+
+
+def test_fragments_split_and_reassemble_with_checks() -> None:
+    value = os.urandom(1_000_003)
+    pieces = list(fragments.split(value, 300_000))
+    assert [len(piece) for piece, _ in pieces] == [300_000, 300_000, 300_000, 100_003]
+    whole = reassemble(pieces, start=40)
+    assert whole is not None and whole.value == value and whole.first_offset == 40
+    reassembly = fragments.Reassembly()
+    with pytest.raises(fragments.FragmentError, match="without the fragments before it"):
+        reassembly.add(headers.as_dict(pieces[1][1]), pieces[1][0], 1)
+    damaged = [(piece if index else b"x" * len(piece), fragment_headers)
+               for index, (piece, fragment_headers) in enumerate(pieces)]
+    with pytest.raises(fragments.FragmentError, match="SHA-256"):
+        reassemble(damaged)
+
+
+def test_a_value_sent_again_after_a_restart_replaces_its_incomplete_copy() -> None:
+    value = os.urandom(1000)
+    first, again = list(fragments.split(value, 300)), list(fragments.split(value, 300))
+    reassembly = fragments.Reassembly()
+    assert reassembly.add(headers.as_dict(first[0][1]), first[0][0], 10) is None
+    assert reassembly.add(headers.as_dict(first[1][1]), first[1][0], 11) is None
+    whole = None
+    for offset, (piece, fragment_headers) in enumerate(again, 12):
+        whole = reassembly.add(headers.as_dict(fragment_headers), piece, offset)
+    assert whole is not None and whole.value == value and whole.first_offset == 12 and reassembly.abandoned == 1
+
+
+# ------------------------------------------------------------------------------------------------ raw batches
+
+
+def operation(number: int, size: int) -> Operation:
+    value = bson.encode({"op": "i", "ns": "d.c", "ts": Timestamp(1, number), "o": {"_id": number, "b": "x" * size}})
+    return Operation(Timestamp(1, number), "i", "d.c", number, value)
+
+
+def test_raw_batches_close_before_the_topics_limit() -> None:
+    batches = RawBatches(max_events=1000, max_bytes=10_000_000, linger_s=10)
+    limit = 1_048_588 - 2048
+    closed = [batch for n in range(200) for *_, batch in batches.add("t", 0, operation(n, 20_000), lambda: None, limit)]
+    closed += [batch for *_, batch in batches.drain()]
+    assert sum(len(batch.records) for batch in closed) == 200
+    assert all(len(encode_raw_batch(batch.records)) <= limit for batch in closed)
+    assert len(encode_raw_batch(closed[0].records)) > limit * 0.9, "filled, not cut short"
+    alone = list(RawBatches(10, 10_000_000, 10).add("t", 0, operation(0, 2_000_000), lambda: None, limit))
+    assert len(alone) == 1 and len(alone[0][2].records) == 1, "an event larger than the limit goes alone"
+
+
+# ------------------------------------------------------------------------------------------------ sequencer
+
+
+def received(partition: int, offset: int, *specs: tuple[str, int, str], watermark: Timestamp | None = None) -> Received:
+    message_headers = {} if watermark is None else {headers.WATERMARK: headers.position_text(watermark)}
+    message = Received("t", partition, offset, offset, None, b"", [], message_headers)
+    message.events = [Event({"op": op, "ns": ns, "ts": Timestamp(100, inc), "o": {"_id": inc}}, "t", partition,
+                            offset, index) for index, (op, inc, ns) in enumerate(specs)]
+    return message
+
+
+def test_ordered_collections_apply_in_source_order_across_partitions() -> None:
+    sequencer = Sequencer(lambda ns: ns == "d.unique")
+
+    def complete(topic: str, partition: int) -> Timestamp | None:
+        return sequencer.through((topic, partition))
+
+    free = sequencer.take(received(0, 5, ("i", 3, "d.unique"), ("i", 4, "d.plain")), lambda ns: ns)
+    assert [e.fields["ts"].inc for e in free] == [4], "other collections keep per-partition parallelism"
+    assert sequencer.release(complete, lambda topic: 2) == [], "partition 1 may still hold an earlier change"
+    sequencer.take(received(1, 9, ("d", 2, "d.unique"), ("u", 7, "d.unique")), lambda ns: ns)
+    released = sequencer.release(complete, lambda topic: 2)
+    assert [e.fields["ts"].inc for e in released] == [2, 3], "in source time order; 7 waits for partition 0"
+    assert sequencer.first_held(("t", 1)) == (9, Timestamp(100, 7))
+    sequencer.saw(("t", 0), Timestamp(100, 8))
+    assert [e.fields["ts"].inc for e in sequencer.release(complete, lambda topic: 2)] == [7]
+    assert sequencer.held() == 0
+
+
+# ------------------------------------------------------------------------------------------------ lag
+
+
+def test_producer_lag_is_zero_in_sync_and_grows_when_it_cannot_know() -> None:
+    now = [1000.0]
+    progress = SyncProgress(clock=lambda: now[0])
+    progress.observe(Timestamp(990, 1), in_sync=True)
+    assert progress.lag_seconds() == 0.0
+    now[0] = 1030.0
+    progress.observe(Timestamp(990, 1), in_sync=False)
+    assert progress.lag_seconds() == 30.0, "the source went away 30 s ago"
+    heartbeat = progress.heartbeat(2.0)
+    assert heartbeat is not None and heartbeat.in_sync_as_of.timestamp() == 1000.0
+
+
+def test_heartbeats_round_trip_and_consumer_lag_follows_them() -> None:
+    beat = Heartbeat(Timestamp(500, 3), dt.datetime.fromtimestamp(1000, dt.timezone.utc), 0.0, 2.0)
+    event = bson.decode(heartbeat_event(beat, dt.datetime.now(dt.timezone.utc)),
+                        codec_options=bson.CodecOptions(tz_aware=True))
+    assert heartbeat_of(event) == beat
+    state = PartitionState()
+    message = Received("t", 0, 1, 1, None, b"", [], {headers.HEARTBEAT: "true",
+                                                     headers.WATERMARK: "500,3"})
+    message.events = [Event(event, "t", 0, 1)]
+    state.passed(message, None, now=1001.0)
+    state.at_end = True
+    assert state.lag_seconds(now=1003.0) == 0.0, "read to its end, a fresh heartbeat, a producer in sync"
+    assert state.lag_seconds(now=1020.0) == 20.0, "no heartbeat for 15 s: what is known grows old"
+    assert state.watermark == Timestamp(500, 3)
