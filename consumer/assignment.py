@@ -62,13 +62,15 @@ def resume_points(consumer: Consumer, admin: AdminClient, store: ConsumerCheckpo
             saved = None
         if saved is not None and saved.offset >= _high_watermark(consumer, tp):
             log.warning("the saved position lies beyond the end of the partition, so it was saved for another topic "
-                        "of this name: ignoring it; this partition starts as a new group would",
+                        "of this name (deleted and re-created): ignoring it; this partition starts as a new group "
+                        "would",
                         extra={"topic": tp.topic, "partition": tp.partition, "saved_offset": saved.offset})
             saved = None
         kafka = committed.get(where)
         kafka_offset = kafka.offset if kafka is not None and kafka.offset >= 0 else OFFSET_INVALID
         if kafka_offset != OFFSET_INVALID and topic_id and kafka.metadata and kafka.metadata != topic_id:
-            log.warning("Kafka's committed offset belongs to an earlier topic of the same name: ignoring it",
+            log.warning("Kafka's committed offset belongs to an earlier topic of the same name (deleted and "
+                        "re-created): ignoring it",
                         extra={"topic": tp.topic, "partition": tp.partition, "committed": kafka_offset})
             kafka_offset = OFFSET_INVALID
         resume = kafka_offset

@@ -19,6 +19,7 @@ from confluent_kafka import KafkaError, Producer
 from consumer.decoder import Event
 from consumer.intake import Received
 from runtime.errors import FatalError
+from runtime.kafka_health import KafkaHealth
 from runtime.kafka_topics import TopicDirectory, admin_config
 from runtime.secrets import redact
 from schemas import fragments, headers
@@ -37,10 +38,11 @@ REASONS = (UNDECODABLE, REJECTED, UNKNOWN_OP, UNAPPLICABLE_UPDATE)
 
 
 class DeadLetters:
-    def __init__(self, config: dict[str, Any], topic: str, group: str, partitions: int = 1) -> None:
+    def __init__(self, config: dict[str, Any], topic: str, group: str, health: KafkaHealth,
+                 partitions: int = 1) -> None:
         self._producer = Producer({**admin_config(config), "enable.idempotence": True, "acks": "all",
-                                   "message.max.bytes": 64 * 1024 * 1024})
-        self._directory = TopicDirectory(config, partitions, -1)
+                                   "message.max.bytes": 64 * 1024 * 1024, **health.client_options()})
+        self._directory = TopicDirectory(config, partitions, -1, health=health)
         self.topic = topic
         self._group = group
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import bson
 from bson.timestamp import Timestamp
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from consumer import assignment
@@ -30,7 +30,7 @@ from consumer.sequencer import Sequencer, UniqueIndexes
 from runtime import kafka_config, mongo
 from runtime.errors import FatalError
 from runtime.http_api import ProcessEndpoint
-from runtime.kafka_health import KafkaHealth
+from runtime.kafka_health import KafkaHealth, KafkaUse
 from runtime.kafka_topics import admin_config
 from runtime.logs import RateLimitedLog
 from runtime.retry import retry_transient
@@ -52,10 +52,10 @@ CONSUMER_DEFAULTS: dict[str, Any] = {
     # A broker holds a fetch up to this long waiting for data; librdkafka's 500 ms default shows up as latency.
     "fetch.wait.max.ms": 100,
 }
+# How often the ids of the topics read are checked (a topic deleted and re-created keeps its name, not its id).
+TOPIC_ID_CHECK_S = 5.0
 # Checkpoints of the group's other instances are read at most this often.
 WATERMARKS_REFRESH_S = 0.25
-GROUP_ERRORS = frozenset({KafkaError.GROUP_AUTHORIZATION_FAILED})
-TOPIC_ERRORS = frozenset({KafkaError.TOPIC_AUTHORIZATION_FAILED})
 
 
 @dataclass
@@ -84,9 +84,10 @@ class ConsumerRun:
         self.store = ConsumerCheckpointStore(checkpoint_db[settings.checkpoint_collection], settings.group_id)
         self._conflict_log = RateLimitedLog(logging.getLogger("kafkashake.consumer.conflicts"))
         self._kafka_warnings = RateLimitedLog(log, per_window=1, window_s=30.0)
-        self.kafka_health = KafkaHealth("consumer", settings.brokers, settings.startup_timeout_s)
+        self.kafka_health = KafkaHealth("consumer", KafkaUse(settings.brokers, settings.topic or settings.topic_pattern,
+                                                             group=settings.group_id), settings.startup_timeout_s)
         kafka = kafka_config.client_config(settings.brokers, {}, settings.kafka_properties)
-        self.dead_letters = (DeadLetters(kafka, settings.dead_letter_topic_name, settings.group_id)
+        self.dead_letters = (DeadLetters(kafka, settings.dead_letter_topic_name, settings.group_id, self.kafka_health)
                              if settings.on_error == "dlq" else None)
         self.partitions = Partitions()
         self.unique_indexes = UniqueIndexes(self.destination)
@@ -114,6 +115,7 @@ class ConsumerRun:
         self._partition_counts: dict[str, int] = {}
         self._exit_logged_at = 0.0
         self._lag_known: tuple[float, float] | None = None
+        self._topic_ids_read_at = time.monotonic()
         self.endpoint = ProcessEndpoint(self.metrics.registry, self.status, self.ready, self.controls.apply,
                                         settings.control_token)
         self.metrics.delay.set(settings.target_delay_s)
@@ -150,16 +152,49 @@ class ConsumerRun:
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         for tp in partitions:  # held messages are read again by the partition's next owner
-            where = (tp.topic, tp.partition)
-            self.delay.forget(where)
-            self.barrier_gate.forget(where)
-            self.intake.forget(where)
-            self.partitions.forget(where)
-            self.sequencer.forget(where)
-            self.overlap.until.pop(where, None)
-            if self.exit_gate is not None:
-                self.exit_gate.forget(where)
+            self._forget((tp.topic, tp.partition))
         self.metrics.partitions_paused.set(len(self.delay.paused))
+
+    def _forget(self, where: PartitionKey) -> None:
+        self.delay.forget(where)
+        self.barrier_gate.forget(where)
+        self.intake.forget(where)
+        self.partitions.forget(where)
+        self.sequencer.forget(where)
+        self.overlap.until.pop(where, None)
+        if self.exit_gate is not None:
+            self.exit_gate.forget(where)
+
+    def _notice_recreated_topics(self) -> None:
+        """A topic deleted and re-created under the same name while this consumer had it: librdkafka carries on at
+        the old offsets, which would skip the new topic's first messages. Read its ids every few seconds; a new id
+        sends the topic's partitions back to its start, as a new group would, with a warning."""
+        now = time.monotonic()
+        if now - self._topic_ids_read_at < TOPIC_ID_CHECK_S:
+            return
+        self._topic_ids_read_at = now
+        owned = self.partitions.items()
+        ids = assignment.topic_ids(self.admin, {topic for (topic, _), _ in owned})
+        for topic in {topic for (topic, _), state in owned if state.topic_id and ids.get(topic, state.topic_id)
+                      != state.topic_id}:
+            self._restart_topic(topic, ids[topic])
+
+    def _restart_topic(self, topic: str, topic_id: str) -> None:
+        partitions = [where for where, _ in self.partitions.items() if where[0] == topic]
+        log.warning("the topic was deleted and re-created under the same name: reading the new one from its start, "
+                    "as a new group would; changes already applied from it apply again, convergently",
+                    extra={"topic": topic, "topic_id": topic_id})
+        self._partition_counts.pop(topic, None)
+        for where in partitions:
+            tp = TopicPartition(*where)
+            read_to = self.consumer.position([tp])[0].offset
+            self._forget(where)
+            state = self.partitions.assign(where)
+            state.topic_id = topic_id
+            if read_to > 0:
+                state.replay_through = (read_to - 1, 2**31)
+            self.consumer.seek(TopicPartition(where[0], where[1], OFFSET_BEGINNING))
+        self._resume(partitions)
 
     def _partition_count(self, topic: str) -> int:
         count = self._partition_counts.get(topic)
@@ -196,11 +231,11 @@ class ConsumerRun:
         try:
             self.consumer.list_topics(timeout=self.settings.startup_timeout_s)
         except KafkaException as exc:
-            if self.kafka_health.fatal is not None:
-                raise FatalError(self.kafka_health.fatal) from exc
-            raise FatalError(f"cannot reach Kafka at {self.settings.brokers} within "
-                             f"{self.settings.startup_timeout_s:.0f} s: {exc}. Check --brokers, the listeners the "
-                             "brokers advertise, and the security settings (--kafka-*)") from exc
+            self.consumer.poll(0)  # serve the error callbacks: an authentication failure says more than a timeout
+            raise FatalError(self.kafka_health.failure(exc.args[0], (
+                f"cannot reach Kafka at {self.settings.brokers} within {self.settings.startup_timeout_s:.0f} s: "
+                f"{exc}. Check --brokers, the listeners the brokers advertise, and the security settings "
+                "(--kafka-*)"))) from exc
         self.kafka_health.reached()
 
     def _turn(self) -> None:
@@ -210,6 +245,7 @@ class ConsumerRun:
         self._follow_controls()
         self._resume_due_partitions()
         self._pass_applied_barriers()
+        self._notice_recreated_topics()
         messages = self.consumer.consume(self.settings.batch_max_messages,
                                          self.delay.seconds_until_next(self.settings.poll_timeout_s))
         if messages:
@@ -460,12 +496,9 @@ class ConsumerRun:
             if where in self.partitions:
                 self.partitions[where].at_end = True
             return
-        if code in GROUP_ERRORS:
-            raise FatalError(f"not authorised to join consumer group {self.settings.group_id!r}: {error.str()}. "
-                             "Grant this principal Read on the group")
-        if code in TOPIC_ERRORS or error.fatal():
-            raise FatalError(f"Kafka refused to let this consumer read topic {message.topic()!r}: {error.str()}. "
-                             "Check the topic name, and grant this principal Read and Describe on the topic")
+        fatal = self.kafka_health.use.explain(error)
+        if fatal is not None:
+            raise FatalError(fatal)
         if code == KafkaError.UNKNOWN_TOPIC_OR_PART:
             self._kafka_warnings.warning("topic does not exist (deleted, or not yet created): waiting for it",
                                          topic=message.topic(), error=error.str())

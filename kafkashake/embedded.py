@@ -4,9 +4,11 @@ imported here (it is GPL-2.0). Install with `pip install 'kafkashake[embedded]'`
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import importlib.util
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -20,6 +22,12 @@ SECANTUS_LAUNCHER = Path(__file__).with_name("embedded_secantusd.py")
 
 class EmbeddedUnavailable(RuntimeError):
     pass
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: on Linux, the server dies with the process that started it (even by kill -9)."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def free_port() -> int:
@@ -84,7 +92,7 @@ class EmbeddedStack:
         log_path = self.workdir / f"{name}.log"
         handle = log_path.open("ab")
         process = subprocess.Popen(argv, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   start_new_session=True)
+                                   start_new_session=True, preexec_fn=_die_with_parent)
         handle.close()
         service = Service(name, process, port, log_path, argv)
         self.services.append(service)

@@ -67,9 +67,9 @@ class CheckpointStore:
         return FencedError(f"the checkpoint was written by a newer leader (epoch above {self.epoch}): this instance "
                            "lost the --ha lease and stops without moving it")
 
-    def save(self, checkpoint: Checkpoint) -> bool:
-        """Persist `checkpoint` if it moved. Returns whether a write happened."""
-        if checkpoint == self._last_saved:
+    def save(self, checkpoint: Checkpoint, force: bool = False) -> bool:
+        """Persist `checkpoint` if it moved (or `force`). Returns whether a write happened."""
+        if checkpoint == self._last_saved and not force:
             return False
         fields = {
             "ts": checkpoint.ts,

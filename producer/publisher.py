@@ -117,6 +117,9 @@ class Publisher:
         self._last_headers: tuple[Any, list[tuple[str, bytes]]] = (None, [])
         self._watermark: list[tuple[str, bytes]] = []
         self.delivery_error: str | None = None
+        # An error librdkafka raised instead of reporting it for one message (a fatal one, such as being refused
+        # a producer id).
+        self.refused: KafkaError | None = None
         self.delivered = 0
         self.last_sent: dict[tuple[str, int], float] = {}
         self._topic_for = lru_cache(maxsize=4096)(self._resolve_topic)
@@ -347,12 +350,17 @@ class Publisher:
                                        on_delivery=delivered)
                 return
             except BufferError:
-                self._producer.poll(0.05)
+                self.poll(0.05)
+                if self.refused is not None:
+                    raise FatalError(f"Kafka refused: {self.refused.str()}") from None
             except KafkaException as exc:
                 raise FatalError(f"Kafka refused a message for topic {topic} ({len(value)} bytes): {exc}") from exc
 
     def poll(self, timeout: float = 0.0) -> None:
-        self._producer.poll(timeout)
+        try:
+            self._producer.poll(timeout)
+        except KafkaException as exc:
+            self.refused = exc.args[0]
 
     def outstanding(self) -> int:
         """Messages handed to Kafka and not yet acknowledged."""
@@ -362,4 +370,8 @@ class Publisher:
         """Send open batches and wait for outstanding acknowledgements; returns how many are still outstanding."""
         for closed in self._batches.drain():
             self._send_batch(*closed)
-        return self._producer.flush(timeout)
+        try:
+            return self._producer.flush(timeout)
+        except KafkaException as exc:
+            self.refused = exc.args[0]
+            return len(self._producer)  # type: ignore[arg-type]

@@ -28,7 +28,7 @@ from producer.publisher import PRODUCER_DEFAULTS, Publisher
 from producer.settings import ProducerSettings
 from producer.snapshot_state import SnapshotStore
 from runtime import kafka_config, mongo
-from runtime.kafka_health import KafkaHealth
+from runtime.kafka_health import KafkaHealth, KafkaUse
 from runtime.kafka_topics import TopicDirectory
 from runtime.http_api import ProcessEndpoint
 from runtime.logs import RateLimitedLog
@@ -95,7 +95,8 @@ class ProducerRun:
         self._saved: Checkpoint | None = None
         self._source_started = False
         self.progress = SyncProgress()
-        self.kafka_health = KafkaHealth("producer", settings.brokers, settings.startup_timeout_s)
+        self.kafka_health = KafkaHealth("producer", KafkaUse(settings.brokers, settings.topic, writes=True),
+                                        settings.startup_timeout_s)
         self._heartbeat_topics: list[str] = []
         self._topics_listed_at = 0.0
         self._heartbeat_at = 0.0
@@ -189,7 +190,8 @@ class ProducerRun:
         config = kafka_config.client_config(
             settings.brokers, {**PRODUCER_DEFAULTS, "compression.type": settings.compression}, settings.kafka_properties
         )
-        directory = TopicDirectory(config, settings.partitions, settings.replication_factor, settings.topic_config)
+        directory = TopicDirectory(config, settings.partitions, settings.replication_factor, settings.topic_config,
+                                   self.kafka_health)
         if not topics.is_template(settings.topic):
             directory.partitions(settings.topic)
         self._directory = directory
@@ -288,6 +290,7 @@ class ProducerRun:
         publisher.flush(FLUSH_TIMEOUT_S)
         if not done.is_set():
             raise FatalError("Kafka did not acknowledge the repartition barrier; restart to send it again")
+        self._call(lambda: self.store.save(start, force=True), "recording the wire version in the checkpoint")
         log.warning("upgraded from wire version 1: sent a barrier to every partition so consumers apply every change "
                     "keyed the old way before any keyed the new way", extra={"topics": targets})
 
@@ -297,6 +300,8 @@ class ProducerRun:
             self.metrics.delivery_errors.inc()
             raise FatalError(f"Kafka did not acknowledge a message: {publisher.delivery_error}. "
                              "The checkpoint stays before it; restart to publish again from there")
+        if publisher.refused is not None:
+            raise FatalError(self.kafka_health.failure(publisher.refused, f"Kafka refused: {publisher.refused.str()}"))
         if self.kafka_health.fatal is not None:
             raise FatalError(self.kafka_health.fatal)
         source = self.source

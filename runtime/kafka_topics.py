@@ -12,6 +12,7 @@ from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
 
 from runtime.errors import FatalError
+from runtime.kafka_health import KafkaHealth
 
 log = logging.getLogger(__name__)
 ADMIN_TIMEOUT_S = 30.0
@@ -46,8 +47,9 @@ class TopicDirectory:
     remembers each one's partition count and `max.message.bytes`."""
 
     def __init__(self, config: dict[str, Any], partitions: int, replication_factor: int,
-                 topic_config: Mapping[str, str] | None = None) -> None:
-        self._admin = AdminClient(admin_config(config))
+                 topic_config: Mapping[str, str] | None = None, health: KafkaHealth | None = None) -> None:
+        self._health = health
+        self._admin = AdminClient({**admin_config(config), **(health.client_options() if health else {})})
         self._brokers = config["bootstrap.servers"]
         self._partitions = partitions
         self._replication_factor = replication_factor
@@ -76,7 +78,12 @@ class TopicDirectory:
             raise self._unreachable(exc) from exc
 
     def _unreachable(self, exc: KafkaException) -> FatalError:
-        return FatalError(f"cannot reach Kafka at {self._brokers}: {exc}. Check --brokers and that the brokers are up")
+        otherwise = (f"cannot reach Kafka at {self._brokers}: {exc}. Check --brokers, the listeners the brokers "
+                     "advertise and the security settings (--kafka-*)")
+        if self._health is None:
+            return FatalError(otherwise)
+        self._admin.poll(0)  # serve the error callbacks: an authentication failure says more than a timeout
+        return FatalError(self._health.failure(exc.args[0], otherwise))
 
     def _ensure(self, topic: str) -> int:
         try:

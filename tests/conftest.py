@@ -137,7 +137,8 @@ class CliProcess:
     def start(self) -> "CliProcess":
         handle = self.log_path.open("ab")
         self.process = subprocess.Popen([sys.executable, "-m", "kafkashake", *self.args], stdout=handle,
-                                        stderr=subprocess.STDOUT, env={**os.environ, **(self.env or {})})
+                                        stderr=subprocess.STDOUT, env={**os.environ, **(self.env or {})},
+                                        preexec_fn=apache_kafka.die_with_parent)
         handle.close()
         return self
 

@@ -63,3 +63,25 @@ def test_json_format_replays_lookalike_field_names_and_every_number_type_exactly
     wait_equal(source, destination, "lookalike", timeout=180)
     assert producer.terminate() == 0 and consumer.terminate() == 0
     assert "dead letter" not in consumer.log() and "conflict:" not in consumer.log()
+
+
+def test_a_producer_upgraded_from_wire_version_1_fences_the_old_keys_with_a_barrier(source, destination, brokers,
+                                                                                     cli) -> None:
+    """Keys changed for numeric _ids in wire version 2: a producer resuming from a version-1 checkpoint first sends a
+    no-op barrier to every partition, so changes keyed the old way apply before those keyed the new way."""
+    topic = unique("upgraded")
+    docs = client(source)["upgrade"]["docs"]
+    producer = cli(*producer_args(source, brokers, topic, "--start-position", "earliest"), name="producer").start()
+    wait_until(lambda: checkpointed(source), 60, "first checkpoint")
+    docs.insert_many([{"_id": Int64(i), "v": 1} for i in range(50)])
+    assert producer.terminate() == 0
+    checkpoints = client(source)["kafkashake"]["checkpoint"]
+    checkpoints.update_one({}, {"$unset": {"wire_version": ""}})  # as a version-1 producer left it
+    docs.update_many({}, {"$set": {"v": 2}})
+    upgraded = cli(*producer_args(source, brokers, topic), name="producer-upgraded").start()
+    consumer = cli(*consumer_args(destination, brokers, topic), name="consumer").start()
+    wait_equal(source, destination, "upgrade")
+    assert "upgraded from wire version 1" in upgraded.log()
+    assert "DDL barrier passed" in consumer.log()
+    assert checkpoints.find_one()["wire_version"] == 2
+    assert upgraded.terminate() == 0 and consumer.terminate() == 0

