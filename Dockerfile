@@ -5,7 +5,7 @@ FROM python:3.12-slim AS build
 WORKDIR /src
 # Only what pyproject.toml declares goes into the build.
 COPY pyproject.toml README.md ./
-COPY kafkashake/ kafkashake/
+COPY command/ command/
 COPY producer/ producer/
 COPY consumer/ consumer/
 COPY schemas/ schemas/

@@ -26,12 +26,12 @@ sys.path.insert(0, str(ROOT))
 
 from bench.in_process import rate_through_backlog  # noqa: E402
 from bench.report import report  # noqa: E402
-from consumer.run import ConsumerRun  # noqa: E402
-from consumer.settings import ConsumerSettings  # noqa: E402
-from kafkashake import embedded  # noqa: E402
-from runtime.kafka_topics import TopicDirectory  # noqa: E402
-from runtime.shutdown import ShutdownFlag  # noqa: E402
-from schemas.partitioning import PartitionBy, message_key, partition_for  # noqa: E402
+from kafkashake.consumer.run import ConsumerRun  # noqa: E402
+from kafkashake.consumer.settings import ConsumerSettings  # noqa: E402
+from kafkashake.demo import embedded  # noqa: E402
+from kafkashake.runtime.kafka_topics import TopicDirectory  # noqa: E402
+from kafkashake.runtime.shutdown import ShutdownFlag  # noqa: E402
+from kafkashake.schemas.partitioning import PartitionBy, message_key, partition_for  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "consumer_catchup.json"  # _inserts and _updates
 PARTITIONS = 8

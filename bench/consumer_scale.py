@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.consumer_catchup import documents, events, publish  # noqa: E402
 from bench.soak import rss_mb  # noqa: E402
-from kafkashake import embedded  # noqa: E402
+from kafkashake.demo import embedded  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "consumer_scale.json"
 MEMORY_GOAL_MB = 300.0

@@ -23,12 +23,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.report import report  # noqa: E402
-from kafkashake import embedded  # noqa: E402
-from oplog.entry import Operation, transaction_id  # noqa: E402
-from producer.publisher import PRODUCER_DEFAULTS, Encoding, Publisher  # noqa: E402
-from runtime.kafka_topics import TopicDirectory  # noqa: E402
-from schemas.codec import MessageFormat  # noqa: E402
-from schemas.partitioning import PartitionBy, message_key, partition_for  # noqa: E402
+from kafkashake.demo import embedded  # noqa: E402
+from kafkashake.oplog.entry import Operation, transaction_id  # noqa: E402
+from kafkashake.producer.publisher import PRODUCER_DEFAULTS, Encoding, Publisher  # noqa: E402
+from kafkashake.runtime.kafka_topics import TopicDirectory  # noqa: E402
+from kafkashake.schemas.codec import MessageFormat  # noqa: E402
+from kafkashake.schemas.partitioning import PartitionBy, message_key, partition_for  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "encode.json"
 PARTITIONS = 8

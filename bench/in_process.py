@@ -5,7 +5,7 @@ import threading
 import time
 from typing import Any
 
-from runtime.status import counter_totals
+from kafkashake.runtime.status import counter_totals
 
 
 def rate_through_backlog(run: Any, counter: str, expected: int) -> float:

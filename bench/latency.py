@@ -25,7 +25,7 @@ from pymongo import MongoClient
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from kafkashake import embedded  # noqa: E402
+from kafkashake.demo import embedded  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "latency.json"
 TICK_S = 0.01

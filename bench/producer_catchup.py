@@ -24,13 +24,13 @@ sys.path.insert(0, str(ROOT))
 
 from bench.in_process import rate_through_backlog  # noqa: E402
 from bench.report import report  # noqa: E402
-from kafkashake import embedded  # noqa: E402
-from oplog import position  # noqa: E402
-from producer.publisher import Encoding  # noqa: E402
-from producer.run import ProducerRun  # noqa: E402
-from producer.settings import ProducerSettings  # noqa: E402
-from runtime.shutdown import ShutdownFlag  # noqa: E402
-from schemas.codec import MessageFormat  # noqa: E402
+from kafkashake.demo import embedded  # noqa: E402
+from kafkashake.oplog import position  # noqa: E402
+from kafkashake.producer.publisher import Encoding  # noqa: E402
+from kafkashake.producer.run import ProducerRun  # noqa: E402
+from kafkashake.producer.settings import ProducerSettings  # noqa: E402
+from kafkashake.runtime.shutdown import ShutdownFlag  # noqa: E402
+from kafkashake.schemas.codec import MessageFormat  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "producer_catchup.json"
 RAW = CodecOptions(document_class=RawBSONDocument)

@@ -27,17 +27,17 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.report import report  # noqa: E402
-from kafkashake import embedded  # noqa: E402
-from oplog.namespaces import NamespaceFilter  # noqa: E402
-from producer.metrics import ProducerMetrics  # noqa: E402
-from producer.publisher import PRODUCER_DEFAULTS, Encoding, Publisher  # noqa: E402
-from runtime.kafka_topics import TopicDirectory  # noqa: E402
-from producer.snapshot import SnapshotCopier, SnapshotSettings  # noqa: E402
-from producer.snapshot_plan import list_collections, split  # noqa: E402
-from producer.snapshot_state import SnapshotState, SnapshotStore  # noqa: E402
-from runtime.shutdown import ShutdownFlag  # noqa: E402
-from schemas.codec import MessageFormat  # noqa: E402
-from schemas.partitioning import PartitionBy  # noqa: E402
+from kafkashake.demo import embedded  # noqa: E402
+from kafkashake.oplog.namespaces import NamespaceFilter  # noqa: E402
+from kafkashake.producer.metrics import ProducerMetrics  # noqa: E402
+from kafkashake.producer.publisher import PRODUCER_DEFAULTS, Encoding, Publisher  # noqa: E402
+from kafkashake.runtime.kafka_topics import TopicDirectory  # noqa: E402
+from kafkashake.producer.snapshot import SnapshotCopier, SnapshotSettings  # noqa: E402
+from kafkashake.producer.snapshot_plan import list_collections, split  # noqa: E402
+from kafkashake.producer.snapshot_state import SnapshotState, SnapshotStore  # noqa: E402
+from kafkashake.runtime.shutdown import ShutdownFlag  # noqa: E402
+from kafkashake.schemas.codec import MessageFormat  # noqa: E402
+from kafkashake.schemas.partitioning import PartitionBy  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "snapshot.json"
 DATABASE = "bench"

@@ -25,7 +25,7 @@ from pymongo import DeleteOne, InsertOne, MongoClient, UpdateOne
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from kafkashake import embedded, workload  # noqa: E402
+from kafkashake.demo import embedded, workload  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "soak.json"
 WARM_UP_S = 60.0

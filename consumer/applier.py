@@ -22,18 +22,18 @@ from typing import Any
 from pymongo import DeleteOne, InsertOne, MongoClient, ReplaceOne
 from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
 
-from consumer.conflicts import DUPLICATE_KEY, UPDATE_MISSING, Conflict
-from consumer.dead_letters import REJECTED, UNAPPLICABLE_UPDATE, UNKNOWN_OP
-from consumer.decoder import Event
-from consumer.ddl import apply_command, command_name
-from consumer.document_update import UpdateFormatError, apply_update
-from oplog.entry import CHANGE_STREAM_DDL, is_internal_namespace
-from oplog.namespaces import NamespaceFilter, NamespaceMap
-from runtime.errors import FatalError
-from runtime.retry import is_transient
-from schemas.codec import EVENT_CODEC_OPTIONS
-from schemas.partitioning import key_text
-from schemas.snapshot import is_snapshot
+from kafkashake.consumer.conflicts import DUPLICATE_KEY, UPDATE_MISSING, Conflict
+from kafkashake.consumer.dead_letters import REJECTED, UNAPPLICABLE_UPDATE, UNKNOWN_OP
+from kafkashake.consumer.decoder import Event
+from kafkashake.consumer.ddl import apply_command, command_name
+from kafkashake.consumer.document_update import UpdateFormatError, apply_update
+from kafkashake.oplog.entry import CHANGE_STREAM_DDL, is_internal_namespace
+from kafkashake.oplog.namespaces import NamespaceFilter, NamespaceMap
+from kafkashake.runtime.errors import FatalError
+from kafkashake.runtime.retry import is_transient
+from kafkashake.schemas.codec import EVENT_CODEC_OPTIONS
+from kafkashake.schemas.partitioning import key_text
+from kafkashake.schemas.snapshot import is_snapshot
 
 log = logging.getLogger("kafkashake.consumer.applier")
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from confluent_kafka import OFFSET_INVALID, Consumer, KafkaException, TopicCollection, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from consumer.checkpoint import ConsumerCheckpointStore, PartitionPosition
+from kafkashake.consumer.checkpoint import ConsumerCheckpointStore, PartitionPosition
 
 log = logging.getLogger("kafkashake.consumer")
 ADMIN_TIMEOUT_S = 30.0

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from schemas.codec import UndecodableMessage
+from kafkashake.schemas.codec import UndecodableMessage
 
 CONTEXT_FIELDS = ("lsid", "txnNumber")
 

@@ -7,7 +7,7 @@ import datetime as _dt
 from dataclasses import dataclass
 from typing import Any
 
-from consumer.decoder import Event
+from kafkashake.consumer.decoder import Event
 
 DUPLICATE_KEY = "duplicate_key"
 UPDATE_MISSING = "update_missing"

@@ -16,14 +16,14 @@ from typing import Any
 import bson
 from confluent_kafka import KafkaError, Producer
 
-from consumer.decoder import Event
-from consumer.intake import Received
-from runtime.errors import FatalError
-from runtime.kafka_health import KafkaHealth
-from runtime.kafka_topics import TopicDirectory, admin_config
-from runtime.secrets import redact
-from schemas import fragments, headers
-from schemas.codec import EVENT_CODEC_OPTIONS
+from kafkashake.consumer.decoder import Event
+from kafkashake.consumer.intake import Received
+from kafkashake.runtime.errors import FatalError
+from kafkashake.runtime.kafka_health import KafkaHealth
+from kafkashake.runtime.kafka_topics import TopicDirectory, admin_config
+from kafkashake.runtime.secrets import redact
+from kafkashake.schemas import fragments, headers
+from kafkashake.schemas.codec import EVENT_CODEC_OPTIONS
 
 log = logging.getLogger("kafkashake.consumer.dead_letters")
 DELIVERY_TIMEOUT_S = 30.0

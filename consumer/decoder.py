@@ -6,10 +6,10 @@ from dataclasses import dataclass
 from collections.abc import Mapping
 from typing import Any
 
-from consumer.change_events import is_change_event, to_oplog_form
-from oplog.transactions import unwind
-from schemas import headers
-from schemas.codec import UndecodableMessage, check_event, decode_events
+from kafkashake.consumer.change_events import is_change_event, to_oplog_form
+from kafkashake.oplog.transactions import unwind
+from kafkashake.schemas import headers
+from kafkashake.schemas.codec import UndecodableMessage, check_event, decode_events
 
 
 @dataclass(slots=True)

@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 
 from bson.timestamp import Timestamp
 
-from consumer.decoder import Event
-from consumer.delay import source_time
-from consumer.intake import PartitionKey, Received
-from schemas import headers, snapshot
+from kafkashake.consumer.decoder import Event
+from kafkashake.consumer.delay import source_time
+from kafkashake.consumer.intake import PartitionKey, Received
+from kafkashake.schemas import headers, snapshot
 
 log = logging.getLogger("kafkashake.consumer")
 

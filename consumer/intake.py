@@ -10,9 +10,9 @@ from typing import Protocol
 
 from bson.timestamp import Timestamp
 
-from consumer.decoder import Event, UndecodableMessage, decode_message
-from schemas import fragments, headers
-from schemas.heartbeats import Heartbeat, heartbeat_of
+from kafkashake.consumer.decoder import Event, UndecodableMessage, decode_message
+from kafkashake.schemas import fragments, headers
+from kafkashake.schemas.heartbeats import Heartbeat, heartbeat_of
 
 PartitionKey = tuple[str, int]
 

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
-from consumer.conflicts import DUPLICATE_KEY, UPDATE_MISSING
-from consumer.dead_letters import REASONS as DEAD_LETTER_REASONS
-from runtime.version import VERSION
+from kafkashake.consumer.conflicts import DUPLICATE_KEY, UPDATE_MISSING
+from kafkashake.consumer.dead_letters import REASONS as DEAD_LETTER_REASONS
+from kafkashake.runtime.version import VERSION
 
 # Every reason an event is passed over, so each series exists (at 0) before its first event.
 PASSED_OVER = ("noop", "command", "filtered", "internal_namespace", "invalidate", "history_gap", "snapshot_overlap",

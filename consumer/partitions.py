@@ -8,11 +8,11 @@ from dataclasses import dataclass
 
 from bson.timestamp import Timestamp
 
-from consumer.checkpoint import PartitionPosition
-from oplog import position
-from consumer.delay import source_time
-from consumer.intake import PartitionKey, Received
-from schemas.heartbeats import Heartbeat
+from kafkashake.consumer.checkpoint import PartitionPosition
+from kafkashake.oplog import position
+from kafkashake.consumer.delay import source_time
+from kafkashake.consumer.intake import PartitionKey, Received
+from kafkashake.schemas.heartbeats import Heartbeat
 
 # A heartbeat counts as fresh for this many of its intervals, plus a second.
 FRESH_HEARTBEAT_INTERVALS = 2.0

@@ -13,31 +13,31 @@ from bson.timestamp import Timestamp
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from consumer import assignment
-from oplog import position
-from consumer.applier import Applier, ApplyReport
-from consumer.barrier import BarrierStore
-from consumer.checkpoint import ConsumerCheckpointStore, PartitionPosition
-from consumer.conflicts import ConflictRecorder, describe
-from consumer.dead_letters import UNDECODABLE, DeadLetters
-from consumer.decoder import Event
-from consumer.gates import Arrival, BarrierGate, CopyOverlap, DelayGate, ExitGate, Subscription, Verdict
-from consumer.intake import Intake, PartitionKey, Received
-from consumer.metrics import ConsumerMetrics
-from consumer.partitions import Partitions
-from consumer.settings import ConsumerSettings
-from consumer.sequencer import Sequencer, UniqueIndexes
-from runtime import kafka_config, mongo
-from runtime.errors import FatalError
-from runtime.http_api import ProcessEndpoint
-from runtime.kafka_health import KafkaHealth, KafkaUse
-from runtime.kafka_topics import admin_config
-from runtime.logs import RateLimitedLog
-from runtime.retry import retry_transient
-from runtime.shutdown import ShutdownFlag
-from runtime.status import Liveness, RateMeter, RuntimeControls, counter_totals, describe_position, sanitized
-from schemas import headers
-from schemas.codec import EVENT_CODEC_OPTIONS
+from kafkashake.consumer import assignment
+from kafkashake.oplog import position
+from kafkashake.consumer.applier import Applier, ApplyReport
+from kafkashake.consumer.barrier import BarrierStore
+from kafkashake.consumer.checkpoint import ConsumerCheckpointStore, PartitionPosition
+from kafkashake.consumer.conflicts import ConflictRecorder, describe
+from kafkashake.consumer.dead_letters import UNDECODABLE, DeadLetters
+from kafkashake.consumer.decoder import Event
+from kafkashake.consumer.gates import Arrival, BarrierGate, CopyOverlap, DelayGate, ExitGate, Subscription, Verdict
+from kafkashake.consumer.intake import Intake, PartitionKey, Received
+from kafkashake.consumer.metrics import ConsumerMetrics
+from kafkashake.consumer.partitions import Partitions
+from kafkashake.consumer.settings import ConsumerSettings
+from kafkashake.consumer.sequencer import Sequencer, UniqueIndexes
+from kafkashake.runtime import kafka_config, mongo
+from kafkashake.runtime.errors import FatalError
+from kafkashake.runtime.http_api import ProcessEndpoint
+from kafkashake.runtime.kafka_health import KafkaHealth, KafkaUse
+from kafkashake.runtime.kafka_topics import admin_config
+from kafkashake.runtime.logs import RateLimitedLog
+from kafkashake.runtime.retry import retry_transient
+from kafkashake.runtime.shutdown import ShutdownFlag
+from kafkashake.runtime.status import Liveness, RateMeter, RuntimeControls, counter_totals, describe_position, sanitized
+from kafkashake.schemas import headers
+from kafkashake.schemas.codec import EVENT_CODEC_OPTIONS
 
 log = logging.getLogger("kafkashake.consumer")
 

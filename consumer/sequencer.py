@@ -25,9 +25,9 @@ from bson.timestamp import Timestamp
 from pymongo import MongoClient
 from pymongo.errors import OperationFailure, PyMongoError
 
-from consumer.decoder import Event
-from consumer.intake import PartitionKey, Received
-from oplog import position
+from kafkashake.consumer.decoder import Event
+from kafkashake.consumer.intake import PartitionKey, Received
+from kafkashake.oplog import position
 
 # Above this many held changes a partition is paused (it is ahead of the others); resumed below half of it.
 HELD_PER_PARTITION = 20_000

@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 
 from bson.timestamp import Timestamp
 
-from consumer.applier import ReplayPolicy
+from kafkashake.consumer.applier import ReplayPolicy
 
 
 @dataclass(frozen=True)

@@ -20,12 +20,12 @@ from bson.timestamp import Timestamp
 from pymongo import MongoClient
 from pymongo.errors import OperationFailure
 
-from oplog import position
-from oplog.entry import SYSTEM_DATABASES, Operation, raw_bytes, transaction_id
-from oplog.namespaces import NamespaceFilter
-from producer.checkpoint import Checkpoint
-from producer.metrics import ProducerMetrics
-from runtime.errors import ConfigurationError, FatalError, PositionLostError
+from kafkashake.oplog import position
+from kafkashake.oplog.entry import SYSTEM_DATABASES, Operation, raw_bytes, transaction_id
+from kafkashake.oplog.namespaces import NamespaceFilter
+from kafkashake.producer.checkpoint import Checkpoint
+from kafkashake.producer.metrics import ProducerMetrics
+from kafkashake.runtime.errors import ConfigurationError, FatalError, PositionLostError
 
 log = logging.getLogger("kafkashake.producer.change_stream")
 FETCH_METHOD = "change_stream"

@@ -13,9 +13,9 @@ from bson.timestamp import Timestamp
 from pymongo.collection import Collection
 from pymongo.errors import DuplicateKeyError
 
-from runtime.errors import FatalError
-from runtime.version import VERSION
-from schemas import WIRE_VERSION
+from kafkashake.runtime.errors import FatalError
+from kafkashake.runtime.version import VERSION
+from kafkashake.schemas import WIRE_VERSION
 
 
 class FencedError(FatalError):

@@ -10,7 +10,7 @@ from collections import deque
 
 from bson.timestamp import Timestamp
 
-from oplog import position
+from kafkashake.oplog import position
 
 
 class DeliverySlot:

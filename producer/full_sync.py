@@ -15,16 +15,16 @@ from typing import Any
 from bson.timestamp import Timestamp
 from pymongo import MongoClient
 
-from oplog import position
-from oplog.namespaces import NamespaceFilter
-from producer.checkpoint import Checkpoint, CheckpointStore
-from producer.metrics import ProducerMetrics
-from producer.publisher import Publisher
-from producer.snapshot import SnapshotCopier, SnapshotSettings
-from producer.snapshot_plan import list_collections, split
-from producer.snapshot_state import COPYING, SnapshotState, SnapshotStore
-from runtime.errors import PositionLostError
-from runtime.shutdown import ShutdownFlag
+from kafkashake.oplog import position
+from kafkashake.oplog.namespaces import NamespaceFilter
+from kafkashake.producer.checkpoint import Checkpoint, CheckpointStore
+from kafkashake.producer.metrics import ProducerMetrics
+from kafkashake.producer.publisher import Publisher
+from kafkashake.producer.snapshot import SnapshotCopier, SnapshotSettings
+from kafkashake.producer.snapshot_plan import list_collections, split
+from kafkashake.producer.snapshot_state import COPYING, SnapshotState, SnapshotStore
+from kafkashake.runtime.errors import PositionLostError
+from kafkashake.runtime.shutdown import ShutdownFlag
 
 log = logging.getLogger("kafkashake.producer.snapshot")
 SIZING_MARGIN = 2.0

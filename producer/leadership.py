@@ -19,7 +19,7 @@ from pymongo import ReturnDocument
 from pymongo.collection import Collection
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
-from runtime.shutdown import ShutdownFlag
+from kafkashake.runtime.shutdown import ShutdownFlag
 
 log = logging.getLogger("kafkashake.producer.ha")
 

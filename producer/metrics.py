@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
-from runtime.version import VERSION
+from kafkashake.runtime.version import VERSION
 
 
 class ProducerMetrics:

@@ -7,10 +7,10 @@ from typing import Any
 from bson.raw_bson import RawBSONDocument
 from bson.timestamp import Timestamp
 
-from oplog.entry import (CRUD_OPS, DDL_COMMANDS, Operation, encode_operation, is_internal_namespace, is_migration,
+from kafkashake.oplog.entry import (CRUD_OPS, DDL_COMMANDS, Operation, encode_operation, is_internal_namespace, is_migration,
                          operation_from, raw_bytes)
-from oplog.namespaces import NamespaceFilter, command_target
-from oplog.transactions import TransactionAssembler, is_transaction_command
+from kafkashake.oplog.namespaces import NamespaceFilter, command_target
+from kafkashake.oplog.transactions import TransactionAssembler, is_transaction_command
 
 
 class OperationExtractor:

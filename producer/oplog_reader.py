@@ -9,8 +9,8 @@ from bson.timestamp import Timestamp
 from pymongo import ASCENDING, DESCENDING, CursorType, MongoClient
 from pymongo.errors import OperationFailure
 
-from oplog import position
-from runtime.errors import PositionLostError
+from kafkashake.oplog import position
+from kafkashake.runtime.errors import PositionLostError
 
 IDLE = None
 CAPPED_POSITION_LOST = 136

@@ -7,13 +7,13 @@ from collections.abc import Iterator
 
 from bson.timestamp import Timestamp
 
-from oplog import position
-from oplog.entry import Operation
-from producer.checkpoint import Checkpoint
-from producer.delivery import DeliverySlot, DeliveryTracker
-from producer.metrics import ProducerMetrics
-from producer.operations import OperationExtractor
-from producer.oplog_reader import IDLE, OplogReader
+from kafkashake.oplog import position
+from kafkashake.oplog.entry import Operation
+from kafkashake.producer.checkpoint import Checkpoint
+from kafkashake.producer.delivery import DeliverySlot, DeliveryTracker
+from kafkashake.producer.metrics import ProducerMetrics
+from kafkashake.producer.operations import OperationExtractor
+from kafkashake.producer.oplog_reader import IDLE, OplogReader
 
 log = logging.getLogger("kafkashake.producer")
 FETCH_METHOD = "oplog"

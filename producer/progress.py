@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from bson.timestamp import Timestamp
 
-from schemas.heartbeats import Heartbeat
+from kafkashake.schemas.heartbeats import Heartbeat
 
 
 class SyncProgress:

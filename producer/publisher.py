@@ -21,15 +21,15 @@ import bson
 from bson.timestamp import Timestamp
 from confluent_kafka import KafkaError, KafkaException, Message
 
-from oplog.entry import Operation, is_ddl
-from oplog.namespaces import affected_namespaces, command_target
-from producer.raw_batches import RawBatch, RawBatches
-from runtime.errors import FatalError
-from runtime.kafka_topics import TopicDirectory
-from schemas import WIRE_VERSION, fragments, headers, topics
-from schemas.heartbeats import Heartbeat, heartbeat_event
-from schemas.codec import JsonMode, MessageFormat, encode_json, encode_raw_batch, raw_record
-from schemas.partitioning import PartitionBy, canonical_json, message_key, partition_for
+from kafkashake.oplog.entry import Operation, is_ddl
+from kafkashake.oplog.namespaces import affected_namespaces, command_target
+from kafkashake.producer.raw_batches import RawBatch, RawBatches
+from kafkashake.runtime.errors import FatalError
+from kafkashake.runtime.kafka_topics import TopicDirectory
+from kafkashake.schemas import WIRE_VERSION, fragments, headers, topics
+from kafkashake.schemas.heartbeats import Heartbeat, heartbeat_event
+from kafkashake.schemas.codec import JsonMode, MessageFormat, encode_json, encode_raw_batch, raw_record
+from kafkashake.schemas.partitioning import PartitionBy, canonical_json, message_key, partition_for
 
 log = logging.getLogger(__name__)
 

@@ -7,9 +7,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from oplog.entry import Operation
-from schemas.codec import encode_raw_batch, raw_record
-from schemas.partitioning import canonical_json
+from kafkashake.oplog.entry import Operation
+from kafkashake.schemas.codec import encode_raw_batch, raw_record
+from kafkashake.schemas.partitioning import canonical_json
 
 Acknowledge = Callable[[], None]
 # Avro framing of one record besides its event's BSON: the varint lengths and the short fields.

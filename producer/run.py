@@ -13,31 +13,31 @@ from bson.raw_bson import RawBSONDocument
 from bson.timestamp import Timestamp
 from confluent_kafka import Producer
 
-from oplog import position
-from oplog.entry import Operation
-from producer.change_stream_source import ChangeStreamSource
-from producer.checkpoint import Checkpoint, CheckpointStore
-from producer.full_sync import FullSync
-from producer.leadership import Lease
-from producer.metrics import ProducerMetrics
-from producer.operations import OperationExtractor
-from producer.oplog_reader import OplogReader
-from producer.oplog_source import OplogSource
-from producer.progress import SyncProgress
-from producer.publisher import PRODUCER_DEFAULTS, Publisher
-from producer.settings import ProducerSettings
-from producer.snapshot_state import SnapshotStore
-from runtime import kafka_config, mongo
-from runtime.kafka_health import KafkaHealth, KafkaUse
-from runtime.kafka_topics import TopicDirectory
-from runtime.http_api import ProcessEndpoint
-from runtime.logs import RateLimitedLog
-from runtime.status import Liveness, RateMeter, RuntimeControls, counter_totals, describe_position, sanitized
-from runtime.errors import FatalError
-from runtime.retry import Backoff, is_transient, retry_transient
-from runtime.shutdown import ShutdownFlag
-from schemas import WIRE_VERSION, topics
-from schemas.partitioning import PartitionBy
+from kafkashake.oplog import position
+from kafkashake.oplog.entry import Operation
+from kafkashake.producer.change_stream_source import ChangeStreamSource
+from kafkashake.producer.checkpoint import Checkpoint, CheckpointStore
+from kafkashake.producer.full_sync import FullSync
+from kafkashake.producer.leadership import Lease
+from kafkashake.producer.metrics import ProducerMetrics
+from kafkashake.producer.operations import OperationExtractor
+from kafkashake.producer.oplog_reader import OplogReader
+from kafkashake.producer.oplog_source import OplogSource
+from kafkashake.producer.progress import SyncProgress
+from kafkashake.producer.publisher import PRODUCER_DEFAULTS, Publisher
+from kafkashake.producer.settings import ProducerSettings
+from kafkashake.producer.snapshot_state import SnapshotStore
+from kafkashake.runtime import kafka_config, mongo
+from kafkashake.runtime.kafka_health import KafkaHealth, KafkaUse
+from kafkashake.runtime.kafka_topics import TopicDirectory
+from kafkashake.runtime.http_api import ProcessEndpoint
+from kafkashake.runtime.logs import RateLimitedLog
+from kafkashake.runtime.status import Liveness, RateMeter, RuntimeControls, counter_totals, describe_position, sanitized
+from kafkashake.runtime.errors import FatalError
+from kafkashake.runtime.retry import Backoff, is_transient, retry_transient
+from kafkashake.runtime.shutdown import ShutdownFlag
+from kafkashake.schemas import WIRE_VERSION, topics
+from kafkashake.schemas.partitioning import PartitionBy
 
 log = logging.getLogger("kafkashake.producer")
 REPARTITION_MESSAGE = "kafkashake partitioning changed"

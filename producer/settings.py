@@ -5,11 +5,11 @@ from dataclasses import dataclass, field
 
 from bson.timestamp import Timestamp
 
-from oplog.namespaces import NamespaceFilter
-from producer.change_stream_source import WatchSettings
-from producer.publisher import Encoding
-from producer.snapshot import SnapshotSettings
-from schemas.partitioning import PartitionBy
+from kafkashake.oplog.namespaces import NamespaceFilter
+from kafkashake.producer.change_stream_source import WatchSettings
+from kafkashake.producer.publisher import Encoding
+from kafkashake.producer.snapshot import SnapshotSettings
+from kafkashake.schemas.partitioning import PartitionBy
 
 
 @dataclass(frozen=True)

@@ -22,15 +22,15 @@ from bson.raw_bson import RawBSONDocument
 from bson.timestamp import Timestamp
 from pymongo import MongoClient
 
-from oplog import position
-from oplog.entry import Operation
-from producer.metrics import ProducerMetrics
-from producer.publisher import Publisher
-from producer.snapshot_state import COMPLETE, CollectionState, RangeState, SnapshotState, SnapshotStore
-from runtime.errors import FatalError
-from runtime.retry import Backoff, is_transient
-from runtime.shutdown import ShutdownFlag
-from schemas import snapshot as snapshot_events
+from kafkashake.oplog import position
+from kafkashake.oplog.entry import Operation
+from kafkashake.producer.metrics import ProducerMetrics
+from kafkashake.producer.publisher import Publisher
+from kafkashake.producer.snapshot_state import COMPLETE, CollectionState, RangeState, SnapshotState, SnapshotStore
+from kafkashake.runtime.errors import FatalError
+from kafkashake.runtime.retry import Backoff, is_transient
+from kafkashake.runtime.shutdown import ShutdownFlag
+from kafkashake.schemas import snapshot as snapshot_events
 
 log = logging.getLogger("kafkashake.producer.snapshot")
 PROGRESS_LOG_S = 5.0

@@ -13,9 +13,9 @@ from bson.max_key import MaxKey
 from bson.min_key import MinKey
 from pymongo import MongoClient
 
-from oplog.entry import is_internal_namespace
-from oplog.namespaces import NamespaceFilter
-from producer.snapshot_state import CollectionState, RangeState
+from kafkashake.oplog.entry import is_internal_namespace
+from kafkashake.oplog.namespaces import NamespaceFilter
+from kafkashake.producer.snapshot_state import CollectionState, RangeState
 
 log = logging.getLogger("kafkashake.producer.snapshot")
 

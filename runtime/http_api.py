@@ -14,8 +14,8 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from runtime.errors import ConfigurationError
-from runtime.secrets import redact
+from kafkashake.runtime.errors import ConfigurationError
+from kafkashake.runtime.secrets import redact
 
 log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 64 * 1024

@@ -4,7 +4,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from runtime import secrets
+from kafkashake.runtime import secrets
 
 
 def parse_properties(pairs: Iterable[str]) -> dict[str, str]:

@@ -10,7 +10,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError
 
-from runtime.logs import RateLimitedLog
+from kafkashake.runtime.logs import RateLimitedLog
 
 UNREACHABLE_CODES = frozenset({KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT, KafkaError._RESOLVE,
                                KafkaError._TIMED_OUT})

@@ -11,8 +11,8 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
 
-from runtime.errors import FatalError
-from runtime.kafka_health import KafkaHealth
+from kafkashake.runtime.errors import FatalError
+from kafkashake.runtime.kafka_health import KafkaHealth
 
 log = logging.getLogger(__name__)
 ADMIN_TIMEOUT_S = 30.0

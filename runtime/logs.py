@@ -8,7 +8,7 @@ import sys
 import time
 from typing import Any
 
-from runtime.secrets import redact
+from kafkashake.runtime.secrets import redact
 
 _RESERVED = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
 

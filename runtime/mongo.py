@@ -7,9 +7,9 @@ from typing import Any
 from pymongo import MongoClient
 from pymongo.errors import OperationFailure, PyMongoError
 
-from runtime.errors import FatalError
-from runtime.retry import is_transient, retry_transient
-from runtime.secrets import redact_uri
+from kafkashake.runtime.errors import FatalError
+from kafkashake.runtime.retry import is_transient, retry_transient
+from kafkashake.runtime.secrets import redact_uri
 
 SERVER_SELECTION_TIMEOUT_MS = 10_000
 STARTUP_REACH_TIMEOUT_S = 30.0

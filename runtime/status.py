@@ -11,9 +11,9 @@ from typing import Any
 from bson.timestamp import Timestamp
 from prometheus_client import CollectorRegistry
 
-from oplog import position
-from runtime import kafka_config, secrets
-from runtime.http_api import ControlError
+from kafkashake.oplog import position
+from kafkashake.runtime import kafka_config, secrets
+from kafkashake.runtime.http_api import ControlError
 
 RATE_WINDOW_S = 1.0
 STALL_AFTER_S = 60.0

@@ -63,7 +63,7 @@ class UndecodableMessage(ValueError):
 
 
 def schema_text(file_name: str) -> str:
-    return resources.files("schemas").joinpath(file_name).read_text()
+    return resources.files("kafkashake.schemas").joinpath(file_name).read_text()
 
 
 @cache

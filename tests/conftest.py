@@ -18,7 +18,7 @@ from bson.binary import UuidRepresentation
 from pymongo import MongoClient
 
 import apache_kafka
-from kafkashake import embedded
+from kafkashake.demo import embedded
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "oplog"

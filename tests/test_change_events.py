@@ -10,8 +10,8 @@ from bson.binary import UuidRepresentation
 from bson.codec_options import CodecOptions
 
 from conftest import load_fixture_lines
-from consumer.decoder import decode_message
-from consumer.document_update import apply_update
+from kafkashake.consumer.decoder import decode_message
+from kafkashake.consumer.document_update import apply_update
 
 EXACT = CodecOptions(uuid_representation=UuidRepresentation.UNSPECIFIED)
 EVENTS = [e for e in load_fixture_lines("change_events.jsonl") if "MATCHER" not in e["_fixture"]["kind"]]

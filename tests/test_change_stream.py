@@ -9,8 +9,8 @@ import pytest
 
 import conftest
 from conftest import checkpointed, client, consumer_args, unique, wait_until
-from kafkashake import workload
-from schemas.codec import decode_events
+from kafkashake.demo import workload
+from kafkashake.schemas.codec import decode_events
 from test_pipeline import read_topic, wait_equal
 
 pytestmark = pytest.mark.e2e

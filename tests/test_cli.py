@@ -24,9 +24,9 @@ def captured(monkeypatch: pytest.MonkeyPatch) -> list:
         def run(self) -> None:
             return None
 
-    import producer.run
+    import kafkashake.producer.run as producer_run
 
-    monkeypatch.setattr(producer.run, "ProducerRun", FakeRun)
+    monkeypatch.setattr(producer_run, "ProducerRun", FakeRun)
     return settings_seen
 
 

@@ -14,8 +14,8 @@ from bson.timestamp import Timestamp
 from confluent_kafka import Producer
 
 from conftest import client, consumer_args, endpoint_url, unique, wait_until
-from runtime.kafka_topics import TopicDirectory
-from schemas import headers
+from kafkashake.runtime.kafka_topics import TopicDirectory
+from kafkashake.schemas import headers
 from test_pipeline import read_topic
 
 pytestmark = pytest.mark.e2e

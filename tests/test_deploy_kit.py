@@ -8,8 +8,8 @@ from pathlib import Path
 import yaml
 from prometheus_client import generate_latest
 
-from consumer.metrics import ConsumerMetrics
-from producer.metrics import ProducerMetrics
+from kafkashake.consumer.metrics import ConsumerMetrics
+from kafkashake.producer.metrics import ProducerMetrics
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 METRIC = re.compile(r"\bkafkashake_[a-z_]+")

@@ -16,8 +16,9 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
-from kafkashake import config_reference, embedded
-from runtime.http_api import ProcessEndpoint
+from kafkashake import config_reference
+from kafkashake.demo import embedded
+from kafkashake.runtime.http_api import ProcessEndpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = ROOT / "tests" / "fixtures" / "reference" / "compose-spec.json"
@@ -95,7 +96,7 @@ def test_every_setting_the_dockerfile_sets_exists_for_both_processes() -> None:
     for path in SERVICE_COMMANDS.values():
         assert set_in_image <= config_reference.environment_variables(*path), path
     healthcheck = " ".join(dockerfile_instructions("HEALTHCHECK"))
-    healthcheck_env = set(re.findall(r"KAFKASHAKE_[A-Z_]+", (ROOT / "kafkashake" / "cli.py").read_text().split(
+    healthcheck_env = set(re.findall(r"KAFKASHAKE_[A-Z_]+", (ROOT / "command" / "cli.py").read_text().split(
         'def healthcheck(')[1].split("def ")[0])) | set(re.findall(r"KAFKASHAKE_[A-Z_]+", healthcheck))
     known = set().union(*(config_reference.environment_variables(*p) for p in SERVICE_COMMANDS.values()))
     assert healthcheck_env <= known, healthcheck_env - known
@@ -122,7 +123,7 @@ def test_dockerfile_is_multi_stage_slim_non_root_and_builds_only_the_declared_pa
     assert len(bases) >= 2 and all("slim" in base for base in bases)
     user = dockerfile_instructions("USER")
     assert user and user[-1] not in ("root", "0")
-    declared = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    declared = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"].values())
     copied = {argument.split()[0].rstrip("/") for argument in dockerfile_instructions("COPY")
               if not argument.startswith("--from")}
     assert copied - {"pyproject.toml", "README.md"} == declared

@@ -7,7 +7,7 @@ from bson.binary import UuidRepresentation
 from bson.codec_options import CodecOptions
 
 from conftest import load_fixture_lines
-from consumer.document_update import UpdateFormatError, apply_update
+from kafkashake.consumer.document_update import UpdateFormatError, apply_update
 
 CASES = load_fixture_lines("diff_cases.jsonl")
 EXACT = CodecOptions(uuid_representation=UuidRepresentation.UNSPECIFIED)

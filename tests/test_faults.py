@@ -11,8 +11,8 @@ import time
 import pytest
 
 from conftest import client, consumer_args, producer_args, unique, wait_until
-from kafkashake import embedded, workload
-from producer.checkpoint import Checkpoint, CheckpointStore, FencedError
+from kafkashake.demo import embedded, workload
+from kafkashake.producer.checkpoint import Checkpoint, CheckpointStore, FencedError
 from test_pipeline import wait_equal
 
 pytestmark = pytest.mark.e2e

@@ -11,8 +11,8 @@ from bson import ObjectId
 from pymongo import ASCENDING, DESCENDING, MongoClient
 
 from conftest import client, consumer_args, discard, producer_args, unique, wait_until
-from kafkashake import workload
-from schemas import headers
+from kafkashake.demo import workload
+from kafkashake.schemas import headers
 from test_pipeline import read_topic, wait_equal
 
 pytestmark = pytest.mark.e2e

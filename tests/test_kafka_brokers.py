@@ -13,8 +13,8 @@ from confluent_kafka.admin import (AclBinding, AclOperation, AclPermissionType, 
 
 import apache_kafka
 from conftest import checkpointed, client, consumer_args, producer_args, unique, wait_until
-from kafkashake import workload
-from schemas.codec import decode_events
+from kafkashake.demo import workload
+from kafkashake.schemas.codec import decode_events
 from test_faults import Workload
 from test_pipeline import read_topic, wait_equal
 

@@ -10,7 +10,7 @@ from bson import Binary, Int64
 from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
 
 from conftest import checkpointed, client, consumer_args, producer_args, unique, wait_until
-from schemas import fragments, headers
+from kafkashake.schemas import fragments, headers
 from test_pipeline import wait_equal
 
 pytestmark = pytest.mark.e2e

@@ -13,7 +13,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import FAST_GROUP, checkpointed, client, unique, wait_until
-from kafkashake import embedded, workload
+from kafkashake.demo import embedded, workload
 
 pytestmark = pytest.mark.e2e
 TOKEN = "s3cret-control-token"

@@ -80,6 +80,6 @@ def test_rename_with_one_topic_per_namespace_keeps_its_place_in_both_topics(sour
 
 
 def destination_uri(destination) -> str:
-    from kafkashake import embedded
+    from kafkashake.demo import embedded
 
     return embedded.mongo_uri(destination)

@@ -15,10 +15,10 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 import conftest
 from conftest import FAST_GROUP, ROOT, checkpointed, client, consumer_args, endpoint_url, unique, wait_until
-from kafkashake import embedded, workload
-from schemas import fragments, headers
-from schemas.codec import decode_events, sniff
-from schemas.partitioning import PartitionBy, message_key, partition_for
+from kafkashake.demo import embedded, workload
+from kafkashake.schemas import fragments, headers
+from kafkashake.schemas.codec import decode_events, sniff
+from kafkashake.schemas.partitioning import PartitionBy, message_key, partition_for
 
 pytestmark = pytest.mark.e2e
 

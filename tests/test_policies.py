@@ -8,8 +8,8 @@ import time
 import pytest
 
 from conftest import checkpointed, client, consumer_args, producer_args, unique, wait_until
-from kafkashake import workload
-from schemas.codec import decode_events
+from kafkashake.demo import workload
+from kafkashake.schemas.codec import decode_events
 from test_pipeline import read_topic, wait_equal
 
 pytestmark = pytest.mark.e2e

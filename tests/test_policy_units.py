@@ -6,11 +6,11 @@ import datetime as dt
 import pytest
 from bson.timestamp import Timestamp
 
-from consumer.decoder import Event
-from consumer.delay import source_time
-from consumer.gates import DelayGate, ExitGate, Verdict
-from consumer.intake import Received
-from oplog.namespaces import NamespaceFilter, NamespaceMap, command_target
+from kafkashake.consumer.decoder import Event
+from kafkashake.consumer.delay import source_time
+from kafkashake.consumer.gates import DelayGate, ExitGate, Verdict
+from kafkashake.consumer.intake import Received
+from kafkashake.oplog.namespaces import NamespaceFilter, NamespaceMap, command_target
 
 
 def test_filters_follow_mongoshake_syntax() -> None:

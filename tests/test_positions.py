@@ -14,7 +14,7 @@ from confluent_kafka.admin import AdminClient
 
 from conftest import (checkpointed, client, consumer_args, endpoint_url, producer_args, unique,
                       wait_until)
-from kafkashake import embedded
+from kafkashake.demo import embedded
 from test_pipeline import wait_equal
 
 pytestmark = pytest.mark.e2e

@@ -9,8 +9,8 @@ from bson.raw_bson import RawBSONDocument
 from bson.timestamp import Timestamp
 
 from conftest import client, load_fixture_lines, unique
-from consumer.applier import Applier
-from consumer.decoder import decode_message
+from kafkashake.consumer.applier import Applier
+from kafkashake.consumer.decoder import decode_message
 
 EXACT = CodecOptions(uuid_representation=UuidRepresentation.UNSPECIFIED)
 RAW = CodecOptions(document_class=RawBSONDocument, uuid_representation=UuidRepresentation.UNSPECIFIED)
@@ -71,7 +71,7 @@ def test_every_real_oplog_entry_is_applied_or_passed_over(shared_mongo) -> None:
 
 
 def test_every_real_ddl_entry_applies_with_ddl(shared_mongo) -> None:
-    from consumer.applier import ReplayPolicy
+    from kafkashake.consumer.applier import ReplayPolicy
 
     entries = [e for e in load_fixture_lines("oplog_entries.jsonl") if e["op"] == "c" and "applyOps" not in e["o"]]
     mongo = client(shared_mongo)

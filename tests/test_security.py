@@ -14,7 +14,7 @@ from pymongo import MongoClient
 
 from conftest import FAST_GROUP, endpoint_url, unique, wait_until
 from kafkashake import cli as kafkashake_cli
-from kafkashake import embedded, workload
+from kafkashake.demo import embedded, workload
 
 PASSWORD = "s3cret-Pw-9f2"
 

@@ -10,17 +10,17 @@ import pytest
 from bson import Decimal128, Int64, ObjectId, Timestamp
 from bson.raw_bson import RawBSONDocument
 
-from consumer.decoder import Event
-from consumer.intake import Received
-from consumer.partitions import PartitionState
-from consumer.sequencer import Sequencer
-from oplog.entry import Operation
-from producer.progress import SyncProgress
-from producer.raw_batches import RawBatches
-from schemas import fragments, headers
-from schemas.codec import encode_raw_batch
-from schemas.heartbeats import Heartbeat, heartbeat_event, heartbeat_of
-from schemas.partitioning import PartitionBy, key_text, message_key, number_text
+from kafkashake.consumer.decoder import Event
+from kafkashake.consumer.intake import Received
+from kafkashake.consumer.partitions import PartitionState
+from kafkashake.consumer.sequencer import Sequencer
+from kafkashake.oplog.entry import Operation
+from kafkashake.producer.progress import SyncProgress
+from kafkashake.producer.raw_batches import RawBatches
+from kafkashake.schemas import fragments, headers
+from kafkashake.schemas.codec import encode_raw_batch
+from kafkashake.schemas.heartbeats import Heartbeat, heartbeat_event, heartbeat_of
+from kafkashake.schemas.partitioning import PartitionBy, key_text, message_key, number_text
 
 
 # ------------------------------------------------------------------------------------------------ key text

@@ -12,7 +12,7 @@ import pytest
 from bson import json_util
 
 from conftest import client, unique, wait_until
-from kafkashake import embedded, workload
+from kafkashake.demo import embedded, workload
 
 pytestmark = pytest.mark.e2e
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "consume.py"

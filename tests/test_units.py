@@ -7,13 +7,13 @@ from bson.raw_bson import RawBSONDocument
 from bson.timestamp import Timestamp
 
 from conftest import load_fixture_lines
-from oplog import position
-from oplog.transactions import TransactionAssembler
-from producer.delivery import DeliveryTracker
-from producer.operations import OperationExtractor
-from runtime import secrets
-from schemas.codec import MessageFormat, UndecodableMessage, decode_events, sniff
-from schemas.partitioning import PartitionBy, message_key, murmur2, partition_for
+from kafkashake.oplog import position
+from kafkashake.oplog.transactions import TransactionAssembler
+from kafkashake.producer.delivery import DeliveryTracker
+from kafkashake.producer.operations import OperationExtractor
+from kafkashake.runtime import secrets
+from kafkashake.schemas.codec import MessageFormat, UndecodableMessage, decode_events, sniff
+from kafkashake.schemas.partitioning import PartitionBy, message_key, murmur2, partition_for
 
 
 def ts(i: int, inc: int = 1) -> Timestamp:
@@ -174,7 +174,7 @@ def test_json_log_lines_are_structured_and_redacted() -> None:
     import json
     import logging
 
-    from runtime.logs import JsonFormatter, TextFormatter
+    from kafkashake.runtime.logs import JsonFormatter, TextFormatter
 
     secrets.register("sasl-secret-value")
     record = logging.LogRecord("kafkashake.test", logging.WARNING, __file__, 1,
@@ -190,7 +190,7 @@ def test_json_log_lines_are_structured_and_redacted() -> None:
 def test_canonical_json_fast_path_matches_json_util() -> None:
     from bson import Int64, ObjectId, json_util
 
-    from schemas.partitioning import canonical_json
+    from kafkashake.schemas.partitioning import canonical_json
 
     canonical = json_util.JSONOptions(json_mode=json_util.JSONMode.CANONICAL)
     for value in (ObjectId(), 0, -1, 2**31 - 1, 2**31, -(2**31), -(2**31) - 1, Int64(5), "plain", "quo\"te ä € \n",
@@ -202,7 +202,7 @@ def test_snapshot_document_id_reads_common_id_types_from_the_leading_bytes() -> 
     from bson import Int64, ObjectId
     from bson.raw_bson import RawBSONDocument
 
-    from producer.snapshot import document_id
+    from kafkashake.producer.snapshot import document_id
 
     for value in [1, Int64(2**40), 2.5, "abc", "", "héllo", ObjectId(), None, [1], b"x", {"k": 1}]:
         document = RawBSONDocument(bson.encode({"_id": value, "x": 1}))

@@ -12,8 +12,8 @@ import fastavro
 import pytest
 from bson import Binary, Decimal128, Int64, ObjectId, Timestamp
 
-from schemas import WIRE_VERSION, topics
-from schemas.codec import (AVRO_CODECS, JsonMode, JsonRendering, MessageFormat, UndecodableMessage, decode_events, encode_json,
+from kafkashake.schemas import WIRE_VERSION, topics
+from kafkashake.schemas.codec import (AVRO_CODECS, JsonMode, JsonRendering, MessageFormat, UndecodableMessage, decode_events, encode_json,
                            encode_raw_batch, raw_record, sniff)
 
 SCHEMAS = Path(__file__).resolve().parents[1] / "schemas"

@@ -16,14 +16,14 @@ import typer
 from bson.timestamp import Timestamp
 
 from kafkashake import config_file
-from oplog import position
-from oplog.namespaces import NamespaceFilter, NamespaceMap
-from runtime import kafka_config, logs, secrets
-from runtime.errors import EXIT_FATAL, FatalError
-from runtime.shutdown import ShutdownFlag
-from schemas import topics
-from schemas.codec import AVRO_CODECS, JsonMode, MessageFormat, avro_codec_available
-from schemas.partitioning import PartitionBy
+from kafkashake.oplog import position
+from kafkashake.oplog.namespaces import NamespaceFilter, NamespaceMap
+from kafkashake.runtime import kafka_config, logs, secrets
+from kafkashake.runtime.errors import EXIT_FATAL, FatalError
+from kafkashake.runtime.shutdown import ShutdownFlag
+from kafkashake.schemas import topics
+from kafkashake.schemas.codec import AVRO_CODECS, JsonMode, MessageFormat, avro_codec_available
+from kafkashake.schemas.partitioning import PartitionBy
 
 ENV_PREFIX = "KAFKASHAKE_"
 log = logging.getLogger("kafkashake")
@@ -596,11 +596,11 @@ def producer_run(
     if sync_mode is not SyncMode.INCR and start_position != "latest":
         raise typer.BadParameter("--start-position only applies to --sync-mode incr: a copy captures its own start "
                                  "position just before it begins", param_hint="'--start-position'")
-    from producer.change_stream_source import WatchSettings
-    from producer.publisher import Encoding, LargeMessages
-    from producer.run import ProducerRun
-    from producer.settings import ProducerSettings
-    from producer.snapshot import SnapshotSettings
+    from kafkashake.producer.change_stream_source import WatchSettings
+    from kafkashake.producer.publisher import Encoding, LargeMessages
+    from kafkashake.producer.run import ProducerRun
+    from kafkashake.producer.settings import ProducerSettings
+    from kafkashake.producer.snapshot import SnapshotSettings
 
     settings = ProducerSettings(
         source_uri=source_uri, brokers=brokers, topic=topic, name=name,
@@ -714,9 +714,9 @@ def consumer_run(
     if (topic is None) == (topic_pattern is None):
         raise typer.BadParameter("give exactly one of --topic and --topic-pattern", param_hint="'--topic'")
     dest_uri = _uri_from(dest_uri, dest_uri_file, "--dest-uri")
-    from consumer.applier import ReplayPolicy
-    from consumer.run import ConsumerRun
-    from consumer.settings import ConsumerSettings
+    from kafkashake.consumer.applier import ReplayPolicy
+    from kafkashake.consumer.run import ConsumerRun
+    from kafkashake.consumer.settings import ConsumerSettings
 
     try:
         transform = NamespaceMap.parse(transform_namespace)

@@ -11,7 +11,7 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 from pymongo import MongoClient
 
-from kafkashake import embedded, workload
+from kafkashake.demo import embedded, workload
 
 DEMO_DB = "demo"
 TOPIC = "kafkashake.demo"

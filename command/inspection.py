@@ -12,9 +12,9 @@ from typing import Any, TextIO
 from bson import json_util
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from runtime.errors import FatalError
-from schemas import fragments, headers
-from schemas.codec import UndecodableMessage, decode_events, sniff
+from kafkashake.runtime.errors import FatalError
+from kafkashake.schemas import fragments, headers
+from kafkashake.schemas.codec import UndecodableMessage, decode_events, sniff
 
 RELAXED = json_util.JSONOptions(json_mode=json_util.JSONMode.RELAXED)
 CANONICAL = json_util.JSONOptions(json_mode=json_util.JSONMode.CANONICAL)

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-SECANTUS_LAUNCHER = Path(__file__).with_name("embedded_secantusd.py")
+SECANTUS_LAUNCHER = Path(__file__).with_name("secantusd_launcher.py")
 
 
 class EmbeddedUnavailable(RuntimeError):
