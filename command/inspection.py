@@ -13,6 +13,7 @@ from bson import json_util
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from kafkashake.runtime.errors import FatalError
+from kafkashake.runtime.settings import KafkaSettings
 from kafkashake.schemas import fragments, headers
 from kafkashake.schemas.codec import UndecodableMessage, decode_events, sniff
 
@@ -102,12 +103,11 @@ def _whole_value(reassembly: fragments.Reassembly, message: Message,
     return None if whole is None else (whole.value, whole.first_offset)
 
 
-def run_inspect(brokers: str, topic: str, partition: int | None, offset: int, limit: int | None, follow: bool,
-                output: str, kafka_properties: dict[str, str], out: TextIO = sys.stdout,
-                heartbeats: bool = False) -> int:
-    config = {"bootstrap.servers": brokers, "group.id": f"kafkashake-inspect-{uuid.uuid4().hex[:8]}",
-              "enable.auto.commit": False, "enable.partition.eof": True, **kafka_properties}
-    consumer = Consumer(config)
+def run_inspect(kafka: KafkaSettings, topic: str, partition: int | None, offset: int, limit: int | None,
+                follow: bool, output: str, out: TextIO = sys.stdout, heartbeats: bool = False) -> int:
+    brokers = kafka.brokers
+    consumer = Consumer(kafka.client_config({"group.id": f"kafkashake-inspect-{uuid.uuid4().hex[:8]}",
+                                             "enable.auto.commit": False, "enable.partition.eof": True}))
     try:
         metadata = consumer.list_topics(topic, timeout=15)
     except KafkaException as exc:

@@ -26,9 +26,9 @@ from kafkashake.consumer.conflicts import DUPLICATE_KEY, UPDATE_MISSING, Conflic
 from kafkashake.consumer.dead_letters import REJECTED, UNAPPLICABLE_UPDATE, UNKNOWN_OP
 from kafkashake.consumer.decoder import Event
 from kafkashake.consumer.ddl import apply_command, command_name
+from kafkashake.consumer.settings import ReplayPolicy
 from kafkashake.consumer.document_update import UpdateFormatError, apply_update
 from kafkashake.oplog.entry import CHANGE_STREAM_DDL, is_internal_namespace
-from kafkashake.oplog.namespaces import NamespaceFilter, NamespaceMap
 from kafkashake.runtime.errors import FatalError
 from kafkashake.runtime.retry import is_transient
 from kafkashake.schemas.codec import EVENT_CODEC_OPTIONS
@@ -49,18 +49,6 @@ FETCH_CHUNK_IDS = 50
 def identity(value: Any) -> str:
     """A hashable identity for any BSON `_id` value, equal for values MongoDB holds to be one `_id`."""
     return key_text(value)
-
-
-@dataclass(frozen=True)
-class ReplayPolicy:
-    """MongoShake's executor options, with their names: `upsert`, `insert_on_dup_update`, plus DDL and namespaces."""
-
-    upsert: bool = False
-    insert_on_dup_update: bool = False
-    ddl: bool = False
-    namespaces: NamespaceFilter = NamespaceFilter()
-    transform: NamespaceMap = NamespaceMap({}, {})
-    drop_existing: bool = False
 
 
 @dataclass

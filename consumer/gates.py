@@ -4,19 +4,19 @@
 - hold: it and the rest of its partition wait (the consumer rewinds the partition to it and pauses it);
 - pass: the consumer moves past it without applying anything (a DDL barrier another partition applied).
 
+The barrier, the first of them, is in consumer/barrier.py.
+
 The gates hold no Kafka or MongoDB client: what they need to know is passed in, so each is testable alone."""
 from __future__ import annotations
 
 import enum
 import logging
-import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from bson.timestamp import Timestamp
 
-from kafkashake.consumer.decoder import Event
 from kafkashake.consumer.delay import source_time
 from kafkashake.consumer.intake import PartitionKey, Received
 from kafkashake.schemas import headers, snapshot
@@ -30,67 +30,6 @@ class Verdict(enum.Enum):
     PASS = "pass"
     # Apply what the message's events were cut down to, then hold the partition at the message.
     APPLY_PART = "apply part"
-
-
-# ----------------------------------------------------------------------------------------------- barriers
-
-
-@dataclass(frozen=True)
-class Arrival:
-    barrier: str
-    where: PartitionKey
-    expected: int
-    received: Received
-
-
-class Subscription:
-    """Which topics this consumer follows: one name, or a regular expression."""
-
-    def __init__(self, topic: str, pattern: str) -> None:
-        self._topic = topic
-        self._pattern = re.compile(pattern) if pattern else None
-
-    def follows(self, topic: str) -> bool:
-        return topic == self._topic if self._pattern is None else self._pattern.match(topic) is not None
-
-
-def expected_copies(received: Received, subscription: Subscription) -> int:
-    """How many copies of a barrier this consumer's group must reach: those in the topics it follows."""
-    spread = received.headers.get(headers.BARRIER_TOPICS)
-    if not spread:
-        return int(received.headers.get(headers.BARRIER_PARTITIONS, "1"))
-    counts = [part.rpartition(":") for part in spread.split(",") if part]
-    return sum(int(count) for topic, _, count in counts if subscription.follows(topic)) or 1
-
-
-class BarrierGate:
-    """DDL barriers (see consumer/barrier.py): a partition reaching one waits until every copy is reached and the
-    DDL applied once."""
-
-    def __init__(self, ddl: bool, subscription: Subscription, is_applied: Callable[[str], bool]) -> None:
-        self._ddl = ddl
-        self._subscription = subscription
-        self._is_applied = is_applied
-        self.waiting: dict[PartitionKey, Arrival] = {}
-
-    def barrier_of(self, received: Received) -> str | None:
-        """DDL barriers with --ddl; a copy's DDL and barriers around a no-op (a synchronisation point) always."""
-        follows = (self._ddl or received.headers.get(headers.SNAPSHOT) == "true"
-                   or received.headers.get(headers.OPERATION) == "n")
-        return received.headers.get(headers.BARRIER) if follows else None
-
-    def check(self, received: Received) -> tuple[Verdict, Arrival | None]:
-        barrier = self.barrier_of(received)
-        if barrier is None:
-            return Verdict.APPLY, None
-        if self._is_applied(barrier):
-            return Verdict.PASS, None
-        arrival = Arrival(barrier, received.where, expected_copies(received, self._subscription), received)
-        self.waiting[received.where] = arrival
-        return Verdict.HOLD, arrival
-
-    def forget(self, where: PartitionKey) -> None:
-        self.waiting.pop(where, None)
 
 
 # ----------------------------------------------------------------------------------------------- exit point

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
-from collections import deque
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import bson
@@ -23,7 +21,10 @@ from pymongo.errors import OperationFailure
 from kafkashake.oplog import position
 from kafkashake.oplog.entry import SYSTEM_DATABASES, Operation, raw_bytes, transaction_id
 from kafkashake.oplog.namespaces import NamespaceFilter
+from kafkashake.producer.acknowledgements import AckQueue, Slot
 from kafkashake.producer.checkpoint import Checkpoint
+from kafkashake.producer.oplog_reader import OplogReader
+from kafkashake.producer.settings import BeforeChange, FullDocument, OnHistoryLost, WatchSettings
 from kafkashake.producer.metrics import ProducerMetrics
 from kafkashake.runtime.errors import ConfigurationError, FatalError, PositionLostError
 
@@ -37,26 +38,7 @@ GAP_EVENT = "kafkashake.gap"
 RAW = CodecOptions(document_class=RawBSONDocument)
 
 
-@dataclass(frozen=True)
-class WatchSettings:
-    watch_db: str | None = None
-    watch_coll: str | None = None
-    full_document: str = "default"
-    full_document_before_change: str = "off"
-    show_expanded_events: bool = False
-    on_history_lost: str = "fail"
-
-
-class ResumeSlot:
-    __slots__ = ("token", "ts", "acknowledged")
-
-    def __init__(self, token: Any, ts: Timestamp) -> None:
-        self.token = token
-        self.ts = ts
-        self.acknowledged = False
-
-
-Pending = list[tuple[Operation, ResumeSlot]]
+Pending = list[tuple[Operation, Slot[tuple[Timestamp, Any]]]]
 
 
 def namespace_filter(private_databases: frozenset[str]) -> dict[str, Any]:
@@ -82,12 +64,13 @@ class ChangeStreamSource:
     def __init__(self, client: MongoClient, watch: WatchSettings, private_databases: frozenset[str],
                  metrics: ProducerMetrics, namespaces: NamespaceFilter = NamespaceFilter()) -> None:
         self._client = client
+        self._oplog = OplogReader(client)
         self._watch = watch
         user_filter = namespaces.server_match()
         self._pipeline = [namespace_filter(private_databases)] + ([user_filter] if user_filter else [])
         self._metrics = metrics
         self._split_supported: bool | None = None
-        self._pending: deque[ResumeSlot] = deque()
+        self._pending: AckQueue[tuple[Timestamp, Any]] = AckQueue()
         self._safe: Checkpoint | None = None
         self._read_token: Any = None
         self._read_ts: Timestamp | None = None
@@ -113,10 +96,10 @@ class ChangeStreamSource:
                 token = stream.resume_token
             return self._checkpoint(self._cluster_time(), token)
         if start_position == "earliest":
-            oldest = self._client.local["oplog.rs"].find_one({}, sort=[("$natural", 1)])
+            oldest = self._oplog.oldest()
             if oldest is None:
                 raise FatalError("--start-position earliest needs to read local.oplog.rs; give a time instead")
-            return self._checkpoint(oldest["ts"], None)
+            return self._checkpoint(oldest, None)
         parsed = position.parse(start_position)
         return self._checkpoint(position.successor(parsed) if "," in start_position else parsed, None)
 
@@ -144,10 +127,11 @@ class ChangeStreamSource:
 
     def _open(self, token: Any, start_at: Timestamp | None):  # type: ignore[no-untyped-def]
         watch = self._watch
-        options: dict[str, Any] = {"full_document": None if watch.full_document == "default" else watch.full_document,
+        options: dict[str, Any] = {"full_document": None if watch.full_document is FullDocument.DEFAULT
+                                   else watch.full_document.value,
                                    "batch_size": 1000, "max_await_time_ms": 200}
-        if watch.full_document_before_change != "off":
-            options["full_document_before_change"] = watch.full_document_before_change
+        if watch.full_document_before_change is not BeforeChange.OFF:
+            options["full_document_before_change"] = watch.full_document_before_change.value
         if watch.show_expanded_events:
             options["show_expanded_events"] = True
         if token is not None:
@@ -218,14 +202,12 @@ class ChangeStreamSource:
                 if event["operationType"] == "invalidate":
                     return  # reopened by the caller with startAfter the invalidate token
 
-    def _slot(self, token: Any, ts: Timestamp) -> ResumeSlot:
-        slot = ResumeSlot(token, ts)
-        self._pending.append(slot)
-        return slot
+    def _slot(self, token: Any, ts: Timestamp) -> Slot[tuple[Timestamp, Any]]:
+        return self._pending.add((ts, token))
 
     def _history_lost(self, exc: OperationFailure) -> None:
         lost_after = position.describe(self._read_ts)
-        if self._watch.on_history_lost != "restart-at-now":
+        if self._watch.on_history_lost is not OnHistoryLost.RESTART_AT_NOW:
             raise PositionLostError(
                 f"the change stream cannot resume after {lost_after}: {exc} (code {exc.code}). The source's history "
                 "no longer reaches the checkpoint, so changes were lost. Choices: resynchronise the destination and "
@@ -245,17 +227,14 @@ class ChangeStreamSource:
 
     # ----------------------------------------------------------------------------------------- checkpoints
 
-    def acknowledged(self, slot: ResumeSlot) -> None:
-        slot.acknowledged = True
-
     def safe_checkpoint(self) -> Checkpoint:
-        pending = self._pending
         assert self._safe is not None, "start() first"
-        while pending and pending[0].acknowledged:
-            slot = pending.popleft()
+        settled = self._pending.settle()
+        if settled:
             # A slot without a token is the gap marker: continue from the restart position.
-            self._safe = self._checkpoint(slot.ts, slot.token)
-        if not pending and self._idle_token is not None:
+            ts, token = settled[-1]
+            self._safe = self._checkpoint(ts, token)
+        if not self._pending and self._idle_token is not None:
             self._safe = self._checkpoint(self._safe.ts, self._idle_token)
         return self._safe
 
@@ -271,9 +250,6 @@ class ChangeStreamSource:
 
     def window(self) -> tuple[Timestamp | None, Timestamp | None]:
         try:
-            oplog = self._client.local["oplog.rs"]
-            oldest = oplog.find_one({}, projection={"ts": 1}, sort=[("$natural", 1)])
-            newest = oplog.find_one({}, projection={"ts": 1}, sort=[("$natural", -1)])
+            return self._oplog.window()
         except OperationFailure:  # mongos or no permission on local: no window to report
             return None, None
-        return (oldest or {}).get("ts"), (newest or {}).get("ts")

@@ -20,7 +20,8 @@ from kafkashake.oplog.namespaces import NamespaceFilter
 from kafkashake.producer.checkpoint import Checkpoint, CheckpointStore
 from kafkashake.producer.metrics import ProducerMetrics
 from kafkashake.producer.publisher import Publisher
-from kafkashake.producer.snapshot import SnapshotCopier, SnapshotSettings
+from kafkashake.producer.settings import SnapshotSettings, SyncMode
+from kafkashake.producer.snapshot import SnapshotCopier
 from kafkashake.producer.snapshot_plan import list_collections, split
 from kafkashake.producer.snapshot_state import COPYING, SnapshotState, SnapshotStore
 from kafkashake.runtime.errors import PositionLostError
@@ -33,7 +34,7 @@ Call = Callable[[Callable[[], Any], str], Any]
 
 
 class FullSync:
-    def __init__(self, mode: str, settings: SnapshotSettings, client: MongoClient, checkpoints: CheckpointStore,
+    def __init__(self, mode: SyncMode, settings: SnapshotSettings, client: MongoClient, checkpoints: CheckpointStore,
                  store: SnapshotStore, namespaces: NamespaceFilter, private_databases: frozenset[str],
                  metrics: ProducerMetrics, shutdown: ShutdownFlag, call: Call) -> None:
         self.mode = mode
@@ -63,7 +64,7 @@ class FullSync:
                                                  "already_copied": saved_copy.copied,
                                                  "estimated": saved_copy.estimated})
             return saved
-        if saved is not None and self.mode == "all":
+        if saved is not None and self.mode is SyncMode.ALL:
             log.info("checkpoint exists, so no copy: streaming from it (a copy runs on a task's first start; to copy "
                      "again, use a new --name or --sync-mode full)", extra={"position": position.describe(saved.ts)})
             return saved

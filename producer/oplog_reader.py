@@ -34,6 +34,10 @@ class OplogReader:
     def newest(self) -> Timestamp | None:
         return self._edge(DESCENDING)
 
+    def window(self) -> tuple[Timestamp | None, Timestamp | None]:
+        """The oldest and newest positions the oplog holds."""
+        return self.oldest(), self.newest()
+
     def check_within_window(self, after: Timestamp) -> None:
         """Raise `PositionLostError` if entries right after `after` may already have been truncated."""
         oldest = self.oldest()

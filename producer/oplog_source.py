@@ -10,7 +10,8 @@ from bson.timestamp import Timestamp
 from kafkashake.oplog import position
 from kafkashake.oplog.entry import Operation
 from kafkashake.producer.checkpoint import Checkpoint
-from kafkashake.producer.delivery import DeliverySlot, DeliveryTracker
+from kafkashake.producer.acknowledgements import Slot
+from kafkashake.producer.delivery import DeliveryTracker
 from kafkashake.producer.metrics import ProducerMetrics
 from kafkashake.producer.operations import OperationExtractor
 from kafkashake.producer.oplog_reader import IDLE, OplogReader
@@ -18,7 +19,7 @@ from kafkashake.producer.oplog_reader import IDLE, OplogReader
 log = logging.getLogger("kafkashake.producer")
 FETCH_METHOD = "oplog"
 
-Pending = list[tuple[Operation, DeliverySlot]]
+Pending = list[tuple[Operation, Slot[Timestamp]]]
 
 
 def resolve_start(spec: str, reader: OplogReader) -> Timestamp:
@@ -75,9 +76,6 @@ class OplogSource:
                 self._metrics.events_filtered.inc()
             yield [(operation, tracker.sent(operation.ts)) for operation in operations]
 
-    def acknowledged(self, slot: DeliverySlot) -> None:
-        self.tracker.acknowledged(slot)
-
     def safe_checkpoint(self) -> Checkpoint:
         return Checkpoint(self.tracker.safe_position(self._extractor.hold_below()), None, FETCH_METHOD)
 
@@ -89,4 +87,4 @@ class OplogSource:
         return self.tracker.all_acknowledged() and self._extractor.hold_below() is None
 
     def window(self) -> tuple[Timestamp | None, Timestamp | None]:
-        return self._reader.oldest(), self._reader.newest()
+        return self._reader.window()

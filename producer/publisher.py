@@ -9,11 +9,9 @@ handed over."""
 from __future__ import annotations
 
 import datetime as _dt
-import enum
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Protocol
 
@@ -24,11 +22,12 @@ from confluent_kafka import KafkaError, KafkaException, Message
 from kafkashake.oplog.entry import Operation, is_ddl
 from kafkashake.oplog.namespaces import affected_namespaces, command_target
 from kafkashake.producer.raw_batches import RawBatch, RawBatches
+from kafkashake.producer.settings import Encoding, LargeMessages
 from kafkashake.runtime.errors import FatalError
 from kafkashake.runtime.kafka_topics import TopicDirectory
 from kafkashake.schemas import WIRE_VERSION, fragments, headers, topics
 from kafkashake.schemas.heartbeats import Heartbeat, heartbeat_event
-from kafkashake.schemas.codec import JsonMode, MessageFormat, encode_json, encode_raw_batch, raw_record
+from kafkashake.schemas.codec import MessageFormat, encode_json, encode_raw_batch, raw_record
 from kafkashake.schemas.partitioning import PartitionBy, canonical_json, message_key, partition_for
 
 log = logging.getLogger(__name__)
@@ -48,22 +47,6 @@ HEADER_OVERHEAD_BYTES = 10
 SAFETY_MARGIN_BYTES = 256
 
 Acknowledge = Callable[[], None]
-
-
-class LargeMessages(str, enum.Enum):
-    FRAGMENT = "fragment"
-    FAIL = "fail"
-
-
-@dataclass(frozen=True)
-class Encoding:
-    message_format: MessageFormat = MessageFormat.RAW
-    json_mode: JsonMode = JsonMode.CANONICAL
-    avro_codec: str = "null"
-    batch_max_events: int = 500
-    batch_max_bytes: int = 1024 * 1024
-    batch_linger_s: float = 0.05
-    large_messages: LargeMessages = LargeMessages.FRAGMENT
 
 
 class KafkaProducer(Protocol):

@@ -13,7 +13,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import bson
@@ -25,7 +24,9 @@ from pymongo import MongoClient
 from kafkashake.oplog import position
 from kafkashake.oplog.entry import Operation
 from kafkashake.producer.metrics import ProducerMetrics
+from kafkashake.producer.acknowledgements import AckQueue
 from kafkashake.producer.publisher import Publisher
+from kafkashake.producer.settings import IndexCreation, SnapshotSettings
 from kafkashake.producer.snapshot_state import COMPLETE, CollectionState, RangeState, SnapshotState, SnapshotStore
 from kafkashake.runtime.errors import FatalError
 from kafkashake.runtime.retry import Backoff, is_transient
@@ -39,38 +40,20 @@ _END = object()
 RAW = CodecOptions(document_class=RawBSONDocument)
 
 
-@dataclass(frozen=True)
-class SnapshotSettings:
-    parallel: int = 4
-    batch_size: int = 1000
-    split_documents: int = 100_000
-    index_creation: str = "before"
-
-
-class _Batch:
-    """Documents of one range read together; acknowledged once Kafka took every one."""
-
-    __slots__ = ("last_id", "remaining", "count")
-
-    def __init__(self, last_id: Any, count: int) -> None:
-        self.last_id = last_id
-        self.remaining = count
-        self.count = count
-
-
 class _RangeProgress:
+    """One `_id` range's documents handed to Kafka in read batches of (last `_id`, count)."""
+
     def __init__(self, collection: CollectionState, state: RangeState) -> None:
         self.collection = collection
         self.state = state
-        self.batches: deque[_Batch] = deque()
+        self.batches: AckQueue[tuple[Any, int]] = AckQueue()
         self.read_complete = False
 
     def settle(self) -> None:
         """Move the resume point past every leading batch that Kafka fully acknowledged."""
-        while self.batches and self.batches[0].remaining == 0:
-            batch = self.batches.popleft()
-            self.state.resume_after = [batch.last_id]
-            self.state.copied += batch.count
+        for last_id, count in self.batches.settle():
+            self.state.resume_after = [last_id]
+            self.state.copied += count
         if self.read_complete and not self.batches:
             self.state.done = True
 
@@ -186,11 +169,11 @@ class SnapshotCopier:
 
         value = snapshot_events.command_event(self.state.capture, collection.db, command, self._wall())
         self._publisher.publish(self._operation("c", f"{collection.db}.$cmd", value), announced)
-        if self._settings.index_creation == "before":
+        if self._settings.index_creation is IndexCreation.BEFORE:
             self._publish_indexes(collection)
 
     def _publish_indexes(self, collection: CollectionState) -> None:
-        if not collection.indexes or self._settings.index_creation == "none" or collection.kind == "view":
+        if not collection.indexes or self._settings.index_creation is IndexCreation.NONE or collection.kind == "view":
             collection.indexes_published = True
             return
         self._indexes_in_flight.add(collection.ns)
@@ -204,14 +187,13 @@ class SnapshotCopier:
         self._publisher.publish(self._operation("c", f"{collection.db}.$cmd", value), published)
 
     def _publish_documents(self, progress: _RangeProgress, documents: list[RawBSONDocument]) -> None:
-        batch = _Batch(document_id(documents[-1]), len(documents))
-        progress.batches.append(batch)
+        batch = progress.batches.add((document_id(documents[-1]), len(documents)), len(documents))
         ns = progress.collection.ns
         capture, wall = self.state.capture, self._wall()
         copied = self._metrics.snapshot_copied.labels(ns)
 
         def acknowledged() -> None:
-            batch.remaining -= 1
+            batch.acknowledge()
             copied.inc()
 
         for document in documents:
@@ -228,7 +210,7 @@ class SnapshotCopier:
             self._metrics.snapshot_copied.labels(collection.ns).set(collection.copied)
             if not collection.announced:
                 self._announce(collection)
-            elif not collection.indexes_published and self._settings.index_creation == "before":
+            elif not collection.indexes_published and self._settings.index_creation is IndexCreation.BEFORE:
                 self._publish_indexes(collection)
         work = [_RangeProgress(c, r) for c in state.collections for r in c.ranges if not r.done]
         log.info("copying", extra={"collections": len(state.collections), "ranges_left": len(work),
@@ -287,7 +269,7 @@ class SnapshotCopier:
         for collection in self.state.collections:
             if collection.ns in self._reported or not collection.documents_done or not collection.announced:
                 continue
-            if not collection.indexes_published and self._settings.index_creation == "after":
+            if not collection.indexes_published and self._settings.index_creation is IndexCreation.AFTER:
                 if collection.ns not in self._indexes_in_flight:
                     self._publish_indexes(collection)
                 continue
@@ -297,7 +279,7 @@ class SnapshotCopier:
     def _finished(self, todo: deque[_RangeProgress], readers: dict[int, threading.Thread]) -> bool:
         if todo or readers or self._pending_announcements or self._indexes_in_flight:
             return False
-        return all(c.documents_done and (c.indexes_published or self._settings.index_creation == "none")
+        return all(c.documents_done and (c.indexes_published or self._settings.index_creation is IndexCreation.NONE)
                    for c in self.state.collections)
 
     def _save(self) -> None:

@@ -9,7 +9,7 @@ from pymongo.errors import OperationFailure, PyMongoError
 
 from kafkashake.runtime.errors import FatalError
 from kafkashake.runtime.retry import is_transient, retry_transient
-from kafkashake.runtime.secrets import redact_uri
+from kafkashake.runtime.secrets import redact
 
 SERVER_SELECTION_TIMEOUT_MS = 10_000
 STARTUP_REACH_TIMEOUT_S = 30.0
@@ -27,13 +27,13 @@ def ensure_reachable(client: MongoClient, what: str, uri: str, should_stop: Call
                         give_up_after_s=timeout_s)
     except OperationFailure as exc:
         raise FatalError(
-            f"the {what} at {redact_uri(uri)} refused the connection: {exc} (code {exc.code}). "
+            f"the {what} at {redact(uri)} refused the connection: {exc} (code {exc.code}). "
             "Check the user, password and authSource in the connection string"
         ) from exc
     except PyMongoError as exc:
         if not is_transient(exc):
             raise
         raise FatalError(
-            f"cannot reach the {what} at {redact_uri(uri)} within {timeout_s:.0f} s: {exc}. "
+            f"cannot reach the {what} at {redact(uri)} within {timeout_s:.0f} s: {exc}. "
             "Check the host, port, TLS options and that the server is up"
         ) from exc

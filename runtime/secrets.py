@@ -1,52 +1,36 @@
-"""Keeping credentials out of anything printed: logs, errors and status output."""
+"""Keeping credentials out of anything printed: logs, errors, dead-letter headers and status output.
+
+Each process installs one `Redactor` built from its settings (`runtime.settings.secret_values`) when it starts;
+passwords in connection strings are masked whether or not they were declared."""
 from __future__ import annotations
 
 import re
-import threading
-from urllib.parse import urlsplit
+from collections.abc import Iterable
 
 MASK = "***"
 _USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.\-]*://)(?P<user>[^:/@\s]*):(?P<password>[^@/\s]*)@")
-_SECRET_PROPERTY_WORDS = ("password", "secret", "token", "sasl.oauthbearer.config", "key.pem", "keystore")
-
-_known: set[str] = set()
-_lock = threading.Lock()
+SHORTEST_SECRET = 3
 
 
-def register(secret: str | None) -> None:
-    """Remember a secret value so it is masked wherever it appears in printed text."""
-    if secret and len(secret) >= 3:
-        with _lock:
-            _known.add(secret)
+class Redactor:
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        self._secrets = sorted({s for s in secrets if s and len(s) >= SHORTEST_SECRET}, key=len, reverse=True)
+
+    def __call__(self, text: str) -> str:
+        text = _USERINFO.sub(lambda m: f"{m.group('scheme')}{m.group('user')}:{MASK}@", text)
+        for secret in self._secrets:
+            text = text.replace(secret, MASK)
+        return text
 
 
-def register_uri(uri: str | None) -> None:
-    if not uri:
-        return
-    for host_part in uri.split(","):
-        try:
-            password = urlsplit(host_part).password
-        except ValueError:
-            password = None
-        register(password)
-    match = _USERINFO.search(uri)
-    if match:
-        register(match.group("password"))
+_installed = Redactor()
 
 
-def is_secret_property(name: str) -> bool:
-    lowered = name.lower()
-    return any(word in lowered for word in _SECRET_PROPERTY_WORDS)
+def install(redactor: Redactor) -> None:
+    """Make `redactor` the one every printed text of this process goes through."""
+    global _installed
+    _installed = redactor
 
 
 def redact(text: str) -> str:
-    text = _USERINFO.sub(lambda m: f"{m.group('scheme')}{m.group('user')}:{MASK}@", text)
-    with _lock:
-        secrets = sorted(_known, key=len, reverse=True)
-    for secret in secrets:
-        text = text.replace(secret, MASK)
-    return text
-
-
-def redact_uri(uri: str) -> str:
-    return redact(uri)
+    return _installed(text)

@@ -2,17 +2,19 @@
 from __future__ import annotations
 
 import datetime as _dt
+import enum
 import threading
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, is_dataclass
+from dataclasses import fields, is_dataclass
 from typing import Any
 
 from bson.timestamp import Timestamp
 from prometheus_client import CollectorRegistry
 
 from kafkashake.oplog import position
-from kafkashake.runtime import kafka_config, secrets
+from kafkashake.runtime import secrets
+from kafkashake.runtime.settings import Secret, is_secret_property
 from kafkashake.runtime.http_api import ControlError
 
 RATE_WINDOW_S = 1.0
@@ -81,19 +83,27 @@ class RateMeter:
             return dict(self._rates)
 
 
-def sanitized(settings: Any) -> dict[str, Any]:
-    """The configuration with secrets masked: passwords in URIs and secret librdkafka properties."""
-    values = asdict(settings) if is_dataclass(settings) else dict(settings)
-    result: dict[str, Any] = {}
-    for name, value in values.items():
-        if name == "kafka_properties":
-            value = kafka_config.printable(value)
-        elif name == "control_token":
-            value = secrets.MASK if value else None
-        elif isinstance(value, str):
-            value = secrets.redact(value)
-        result[name] = value
-    return result
+def sanitized(settings: Any) -> Any:
+    """The configuration for /status, with secrets masked: `Secret`s, secret librdkafka properties, passwords in
+    connection strings."""
+    if isinstance(settings, Secret):
+        return secrets.MASK
+    if is_dataclass(settings):
+        return {item.name: sanitized(getattr(settings, item.name)) for item in fields(settings)}
+    if isinstance(settings, dict):
+        return {name: secrets.MASK if is_secret_property(str(name)) else sanitized(value)
+                for name, value in settings.items()}
+    if isinstance(settings, enum.Enum):
+        return settings.value
+    if isinstance(settings, (list, tuple, set, frozenset)):
+        return [sanitized(value) for value in settings]
+    if isinstance(settings, Timestamp):
+        return describe_position(settings)
+    if isinstance(settings, str):
+        return secrets.redact(settings)
+    if settings is None or isinstance(settings, (int, float, bool)):
+        return settings
+    return secrets.redact(str(settings))
 
 
 class RuntimeControls:

@@ -42,11 +42,11 @@ def test_precedence_flag_over_env_over_file_over_default(tmp_path: Path, capture
                      env={"KAFKASHAKE_NAME": "from-env"})
     assert result.exit_code == 0, result.output
     settings = captured[-1]
-    assert settings.partitions == 5, "flag beats file"
-    assert settings.name == "from-env", "environment beats file"
-    assert settings.start_position == "earliest", "file beats default"
-    assert settings.kafka_properties == {"linger.ms": "7"}
-    assert settings.checkpoint_db == "kafkashake", "default when nobody sets it"
+    assert settings.topics.partitions == 5, "flag beats file"
+    assert settings.checkpoint.name == "from-env", "environment beats file"
+    assert settings.source.start_position == "earliest", "file beats default"
+    assert settings.kafka.properties == {"linger.ms": "7"}
+    assert settings.checkpoint.db == "kafkashake", "default when nobody sets it"
 
 
 def test_every_option_reads_its_environment_variable(captured: list) -> None:
@@ -55,8 +55,9 @@ def test_every_option_reads_its_environment_variable(captured: list) -> None:
     result = run_cli(["producer", "run"], env=env)
     assert result.exit_code == 0, result.output
     settings = captured[-1]
-    assert (settings.source_uri, settings.brokers, settings.topic) == ("mongodb://h:1", "k:9092", "x")
-    assert settings.partition_by.value == "collection" and settings.start_position == "1700000000,3"
+    assert (settings.source.uri.reveal(), settings.kafka.brokers, settings.topics.template) == (
+        "mongodb://h:1", "k:9092", "x")
+    assert settings.topics.partition_by.value == "collection" and settings.source.start_position == "1700000000,3"
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ import typer
 from pymongo import MongoClient
 
 from conftest import FAST_GROUP, endpoint_url, unique, wait_until
-from kafkashake import cli as kafkashake_cli
+from kafkashake.runtime.settings import Invalid, KafkaSettings, SaslMechanism, Secret, SecurityProtocol
 from kafkashake.demo import embedded, workload
 
 PASSWORD = "s3cret-Pw-9f2"
@@ -101,23 +101,21 @@ def test_wrong_password_stops_with_a_clear_message_and_no_secret(secured_mongo, 
 
 
 def test_kafka_security_flags_become_librdkafka_properties(tmp_path: Path) -> None:
-    password_file = tmp_path / "kafka-password"
-    password_file.write_text("kafka-" + PASSWORD + "\n")
     ca = tmp_path / "ca.pem"
     ca.write_text("-----BEGIN CERTIFICATE-----\n")
-    settings = kafkashake_cli._kafka_settings(
-        ["linger.ms=7"], kafkashake_cli.SecurityProtocol.SASL_SSL, kafkashake_cli.SaslMechanism.SCRAM_SHA_512,
-        "shake", None, password_file, ca, None, None)
-    assert settings == {"security.protocol": "sasl_ssl", "sasl.mechanism": "SCRAM-SHA-512", "sasl.username": "shake",
-                        "sasl.password": "kafka-" + PASSWORD, "ssl.ca.location": str(ca), "linger.ms": "7"}
-    plain = kafkashake_cli._kafka_settings(None, kafkashake_cli.SecurityProtocol.SASL_PLAINTEXT,
-                                           kafkashake_cli.SaslMechanism.PLAIN, "u", "p", None, None, None, None)
-    assert plain["sasl.mechanism"] == "PLAIN" and plain["security.protocol"] == "sasl_plaintext"
-    with pytest.raises(typer.BadParameter, match="needs --kafka-sasl-mechanism"):
-        kafkashake_cli._kafka_settings(None, kafkashake_cli.SecurityProtocol.SASL_SSL, None, "u", "p", None, None,
-                                       None, None)
-    with pytest.raises(typer.BadParameter, match="needs --kafka-security-protocol ssl"):
-        kafkashake_cli._kafka_settings(None, None, None, None, None, None, ca, None, None)
+    settings = KafkaSettings("h:1", SecurityProtocol.SASL_SSL, SaslMechanism.SCRAM_SHA_512, "shake",
+                             Secret("kafka-" + PASSWORD), ca, properties={"linger.ms": "7"})
+    settings.check()
+    assert settings.librdkafka() == {"security.protocol": "sasl_ssl", "sasl.mechanism": "SCRAM-SHA-512",
+                                     "sasl.username": "shake", "sasl.password": "kafka-" + PASSWORD,
+                                     "ssl.ca.location": str(ca), "linger.ms": "7"}
+    assert PASSWORD not in repr(settings), "a Secret never prints its value"
+    plain = KafkaSettings("h:1", SecurityProtocol.SASL_PLAINTEXT, SaslMechanism.PLAIN, "u", Secret("p"))
+    assert plain.librdkafka()["sasl.mechanism"] == "PLAIN" and plain.librdkafka()["security.protocol"] == "sasl_plaintext"
+    with pytest.raises(Invalid, match="needs --kafka-sasl-mechanism"):
+        KafkaSettings("h:1", SecurityProtocol.SASL_SSL, None, "u", Secret("p")).check()
+    with pytest.raises(Invalid, match="needs --kafka-security-protocol ssl"):
+        KafkaSettings("h:1", ssl_ca_location=ca).check()
 
 
 @pytest.mark.parametrize("args, complaint", [

@@ -12,6 +12,7 @@ from kafkashake.oplog.transactions import TransactionAssembler
 from kafkashake.producer.delivery import DeliveryTracker
 from kafkashake.producer.operations import OperationExtractor
 from kafkashake.runtime import secrets
+from kafkashake.runtime.settings import KafkaSettings, Secret, secret_values
 from kafkashake.schemas.codec import MessageFormat, UndecodableMessage, decode_events, sniff
 from kafkashake.schemas.partitioning import PartitionBy, message_key, murmur2, partition_for
 
@@ -37,23 +38,23 @@ def test_checkpoint_waits_for_every_acknowledgement() -> None:
         tracker.read(ts(i))
         slots.append(tracker.sent(ts(i)))
     tracker.caught_up()
-    tracker.acknowledged(slots[0])
-    tracker.acknowledged(slots[2])
+    slots[0].acknowledge()
+    slots[2].acknowledge()
     assert tracker.safe_position() == position.predecessor(ts(2)), "resuming after it re-reads ts(2)"
-    tracker.acknowledged(slots[1])
+    slots[1].acknowledge()
     assert tracker.safe_position() == ts(3)
 
 
 def test_shared_ts_is_not_checkpointed_until_sealed() -> None:
     tracker = DeliveryTracker(ts(0))
     tracker.read(ts(1))
-    tracker.acknowledged(tracker.sent(ts(1)))
+    tracker.sent(ts(1)).acknowledge()
     assert tracker.safe_position() == ts(0), "more entries with ts(1) may still be unread"
     tracker.read(ts(1))
     second = tracker.sent(ts(1))
     tracker.read(ts(2))
     assert tracker.safe_position() == position.predecessor(ts(1))
-    tracker.acknowledged(second)
+    second.acknowledge()
     assert tracker.safe_position() == ts(1)
 
 
@@ -163,10 +164,12 @@ def test_sniffing_puts_bson_before_json() -> None:
             decode_events(garbage)
 
 
-def test_secrets_are_masked() -> None:
-    secrets.register_uri("mongodb://admin:s3cr3t-pw@host:27017/?authSource=admin")
-    text = secrets.redact("connect mongodb://admin:s3cr3t-pw@host:27017 failed; password s3cr3t-pw")
-    assert "s3cr3t-pw" not in text
+def test_secrets_are_masked_from_the_settings_that_declare_them() -> None:
+    settings = KafkaSettings("h:1", sasl_password=Secret("sasl-pw-123"), properties={"ssl.key.password": "keypw"})
+    uri = Secret("mongodb://admin:s3cr3t-pw@host:27017/?authSource=admin")
+    redact = secrets.Redactor([*secret_values(settings), *secret_values(uri)])
+    text = redact("connect mongodb://admin:s3cr3t-pw@host:27017 failed; password s3cr3t-pw, sasl-pw-123, keypw")
+    assert "s3cr3t-pw" not in text and "sasl-pw-123" not in text and "keypw" not in text
     assert "mongodb://admin:***@host" in text
 
 
@@ -176,7 +179,7 @@ def test_json_log_lines_are_structured_and_redacted() -> None:
 
     from kafkashake.runtime.logs import JsonFormatter, TextFormatter
 
-    secrets.register("sasl-secret-value")
+    secrets.install(secrets.Redactor(["sasl-secret-value"]))
     record = logging.LogRecord("kafkashake.test", logging.WARNING, __file__, 1,
                                "connecting to mongodb://u:topsecret@h:1 with sasl-secret-value", None, None)
     record.partition = 3

@@ -7,6 +7,7 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 from pymongo import MongoClient
@@ -57,69 +58,88 @@ def _progress_line(issued: int, producer: dict[str, float], consumer: dict[str, 
     return f"written {issued:>6} | read {read:>6.0f} | published {published:>6.0f} | applied {applied:>6.0f} | lag {lag:4.1f}s"
 
 
-def run_demo(operations: int, keep_running: bool = False) -> int:
+class _Workload:
+    """The demo's writes, in a thread, with how many were issued."""
+
+    def __init__(self, db: Any, operations: int) -> None:
+        self.issued = 0
+        self.done = threading.Event()
+        self.failure: BaseException | None = None
+        threading.Thread(target=self._drive, args=(db, operations), daemon=True).start()
+
+    def _drive(self, db: Any, operations: int) -> None:
+        try:
+            self.issued = workload.run_workload(db, operations, on_progress=self._progress)
+        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+            self.failure = exc
+        finally:
+            self.done.set()
+
+    def _progress(self, issued: int) -> None:
+        self.issued = issued
+
+
+def _watch(stack: embedded.EmbeddedStack, processes: list[subprocess.Popen], writes: _Workload, ports: tuple[int, int],
+           source: Any, destination: Any) -> list[str] | None:
+    """Show progress until the destination equals the source; the differences left (None: a process or the
+    workload failed, already reported)."""
     interactive = sys.stdout.isatty()
+    problems, last_print, started = ["not compared yet"], 0.0, time.monotonic()
+    while time.monotonic() - started < CATCH_UP_TIMEOUT_S:
+        for process, role in zip(processes, ("producer", "consumer")):
+            if process.poll() is not None:
+                print(f"\nthe {role} exited with code {process.returncode}; see {stack.workdir / (role + '.log')}")
+                _print_tail(stack.workdir / f"{role}.log")
+                return None
+        line = _progress_line(writes.issued, scrape(ports[0]), scrape(ports[1]))
+        if interactive:
+            print("\r" + line, end="", flush=True)
+        elif time.monotonic() - last_print >= 2:
+            print(line, flush=True)
+            last_print = time.monotonic()
+        if writes.done.is_set():
+            if writes.failure is not None:
+                print(f"\nworkload failed: {writes.failure}")
+                return None
+            problems = workload.differences(source, destination, field_order=False)
+            if not problems:
+                break
+        time.sleep(0.5)
+    print("\n" + _progress_line(writes.issued, scrape(ports[0]), scrape(ports[1])))
+    return problems
+
+
+def _start(stack: embedded.EmbeddedStack, processes: list[subprocess.Popen]) -> tuple[str, str, tuple[int, int]]:
+    print("starting embedded MongoDB (source, destination) and Kafka on loopback ...", flush=True)
+    source_uri = embedded.mongo_uri(stack.start_mongo("source"))
+    dest_uri = embedded.mongo_uri(stack.start_mongo("destination"))
+    brokers = embedded.brokers(stack.start_kafka())
+    ports = (embedded.free_port(), embedded.free_port())
+    processes.extend(start_pipeline(stack, source_uri, dest_uri, brokers, *ports))
+    print(f"source {source_uri}\ndestination {dest_uri}\nkafka {brokers} topic {TOPIC}\n"
+          f"metrics http://127.0.0.1:{ports[0]}/metrics and http://127.0.0.1:{ports[1]}/metrics\n"
+          f"logs in {stack.workdir}", flush=True)
+    return source_uri, dest_uri, ports
+
+
+def run_demo(operations: int, keep_running: bool = False) -> int:
     stack = embedded.EmbeddedStack()
     processes: list[subprocess.Popen] = []
     try:
-        print("starting embedded MongoDB (source, destination) and Kafka on loopback ...", flush=True)
-        source_service = stack.start_mongo("source")
-        dest_service = stack.start_mongo("destination")
-        kafka = stack.start_kafka()
-        source_uri, dest_uri = embedded.mongo_uri(source_service), embedded.mongo_uri(dest_service)
-        producer_port, consumer_port = embedded.free_port(), embedded.free_port()
-        processes.extend(start_pipeline(stack, source_uri, dest_uri, embedded.brokers(kafka), producer_port, consumer_port))
-        print(f"source {source_uri}\ndestination {dest_uri}\nkafka {embedded.brokers(kafka)} topic {TOPIC}\n"
-              f"metrics http://127.0.0.1:{producer_port}/metrics and http://127.0.0.1:{consumer_port}/metrics\n"
-              f"logs in {stack.workdir}", flush=True)
-
-        source, destination = MongoClient(source_uri), MongoClient(dest_uri)
-        issued = [0]
-        done = threading.Event()
-        failure: list[BaseException] = []
-
-        def drive() -> None:
-            try:
-                issued[0] = workload.run_workload(source[DEMO_DB], operations,
-                                                  on_progress=lambda n: issued.__setitem__(0, n))
-            except BaseException as exc:  # reported by the main thread
-                failure.append(exc)
-            finally:
-                done.set()
-
+        source_uri, dest_uri, ports = _start(stack, processes)
+        source, destination = MongoClient(source_uri)[DEMO_DB], MongoClient(dest_uri)[DEMO_DB]
         started = time.monotonic()
-        threading.Thread(target=drive, daemon=True).start()
-        problems: list[str] = ["not compared yet"]
-        last_print = 0.0
-        while time.monotonic() - started < CATCH_UP_TIMEOUT_S:
-            for process, role in zip(processes, ("producer", "consumer")):
-                if process.poll() is not None:
-                    print(f"\nthe {role} exited with code {process.returncode}; see {stack.workdir / (role + '.log')}")
-                    _print_tail(stack.workdir / f"{role}.log")
-                    return 1
-            line = _progress_line(issued[0], scrape(producer_port), scrape(consumer_port))
-            if interactive:
-                print("\r" + line, end="", flush=True)
-            elif time.monotonic() - last_print >= 2:
-                print(line, flush=True)
-                last_print = time.monotonic()
-            if done.is_set():
-                if failure:
-                    print(f"\nworkload failed: {failure[0]}")
-                    return 1
-                problems = workload.differences(source[DEMO_DB], destination[DEMO_DB], field_order=False)
-                if not problems:
-                    break
-            time.sleep(0.5)
-        elapsed = time.monotonic() - started
-        print("\n" + _progress_line(issued[0], scrape(producer_port), scrape(consumer_port)))
+        writes = _Workload(source, operations)
+        problems = _watch(stack, processes, writes, ports, source, destination)
+        if problems is None:
+            return 1
         if problems:
             print("MISMATCH: the destination does not equal the source:")
             print("\n".join(problems[:20]))
             return 1
-        counts = {name: len(docs) for name, docs in workload.snapshot(destination[DEMO_DB]).items()}
-        print(f"OK: destination equals source (every value and BSON type) after {issued[0]} operations in {elapsed:.1f} s "
-              f"({', '.join(f'{n}: {c} docs' for n, c in counts.items())})")
+        counts = {name: len(docs) for name, docs in workload.snapshot(destination).items()}
+        print(f"OK: destination equals source (every value and BSON type) after {writes.issued} operations in "
+              f"{time.monotonic() - started:.1f} s ({', '.join(f'{n}: {c} docs' for n, c in counts.items())})")
         if keep_running:
             print("still running; Ctrl-C to stop and clean up")
             while all(p.poll() is None for p in processes):
@@ -132,15 +152,19 @@ def run_demo(operations: int, keep_running: bool = False) -> int:
         print(f"cannot start the embedded services: {exc}")
         return 1
     finally:
-        for process in processes:
-            if process.poll() is None:
-                process.terminate()
-        for process in processes:
-            try:
-                process.wait(20)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        _stop(processes)
         stack.close()
+
+
+def _stop(processes: list[subprocess.Popen]) -> None:
+    for process in processes:
+        if process.poll() is None:
+            process.terminate()
+    for process in processes:
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
 
 
 def _print_tail(path: Path, lines: int = 20) -> None:

@@ -48,71 +48,87 @@ def _document(rng: random.Random, doc_id: object) -> dict[str, object]:
     return document
 
 
+UPDATES: list[Callable[[random.Random], dict[str, object]]] = [
+    lambda rng: {"$set": {"n": rng.randint(0, 100), "profile.score": rng.random()}},
+    lambda rng: {"$set": {f"f{rng.randint(0, 8)}": _value(rng)}},
+    lambda rng: {"$unset": {f"f{rng.randint(0, 5)}": ""}},
+    lambda rng: {"$inc": {"n": rng.randint(1, 5)}},
+    lambda rng: {"$push": {"arr": rng.randint(0, 9)}},
+    lambda rng: {"$pull": {"arr": rng.randint(0, 9)}},
+    lambda rng: {"$set": {"arr.1": rng.randint(100, 200)}},
+    lambda rng: {"$set": {"arr.6": "padded"}},
+    lambda rng: {"$pop": {"arr": 1}},
+    lambda rng: {"$addToSet": {"profile.tags": rng.choice("abcxyz")}},
+    lambda rng: {"$set": {"profile.address.city": rng.choice(["Oslo", "Lima", "Pune"])}},
+    lambda rng: {"$rename": {"f0": "renamed"}},
+]
+
+
+class _Writer:
+    """One workload's random writes, remembering which documents exist."""
+
+    def __init__(self, db: Database, rng: random.Random, transactions: bool) -> None:
+        self.db, self.rng, self.transactions = db, rng, transactions
+        self.ids: dict[str, list[object]] = {name: [] for name in COLLECTIONS}
+        self.next_id = 0
+
+    def new_id(self) -> object:
+        self.next_id += 1
+        kind = self.next_id % 3
+        return self.next_id if kind == 0 else ObjectId() if kind == 1 else f"key-{self.next_id}"
+
+    def write(self) -> None:
+        rng = self.rng
+        name = rng.choice(COLLECTIONS)
+        existing, roll = self.ids[name], rng.random()
+        if not existing or roll < 0.30:
+            self.insert(name, existing)
+        elif self.transactions and roll < 0.33 and len(existing) >= 2:
+            self.transaction(name, existing)
+        elif roll < 0.90:
+            self.update(name, rng.choice(existing))
+        else:
+            self.db[name].delete_one({"_id": existing.pop(rng.randrange(len(existing)))})
+
+    def insert(self, name: str, existing: list[object]) -> None:
+        rng, collection = self.rng, self.db[name]
+        if rng.random() < 0.15:
+            batch = [_document(rng, self.new_id()) for _ in range(rng.randint(2, 5))]
+            collection.insert_many(batch)
+            existing.extend(d["_id"] for d in batch)
+        else:
+            document = _document(rng, self.new_id())
+            collection.insert_one(document)
+            existing.append(document["_id"])
+
+    def transaction(self, name: str, existing: list[object]) -> None:
+        rng, collection = self.rng, self.db[name]
+        with self.db.client.start_session() as session, session.start_transaction():
+            first, second = rng.sample(existing, 2)
+            collection.update_one({"_id": first}, {"$inc": {"n": 1}}, session=session)
+            collection.update_one({"_id": second}, {"$set": {"txn": True}}, session=session)
+            extra = _document(rng, self.new_id())
+            collection.insert_one(extra, session=session)
+        existing.append(extra["_id"])
+
+    def update(self, name: str, target: object) -> None:
+        rng, collection = self.rng, self.db[name]
+        update = rng.choice(UPDATES)(rng)
+        if rng.random() < 0.1:
+            collection.replace_one({"_id": target}, {"replaced": True, "v": _value(rng), "arr": [1, 2]})
+        else:
+            collection.update_one({"_id": target}, update)
+
+
 def run_workload(db: Database, operations: int, seed: int = 7, on_progress: Callable[[int], None] | None = None,
                  transactions: bool = True) -> int:
     """Apply `operations` writes spread over a few collections; returns how many were issued."""
-    rng = random.Random(seed)
-    ids: dict[str, list[object]] = {name: [] for name in COLLECTIONS}
-    next_id = 0
-    issued = 0
-
-    def new_id() -> object:
-        nonlocal next_id
-        next_id += 1
-        kind = next_id % 3
-        return next_id if kind == 0 else ObjectId() if kind == 1 else f"key-{next_id}"
-
-    while issued < operations:
-        name = rng.choice(COLLECTIONS)
-        collection = db[name]
-        existing = ids[name]
-        roll = rng.random()
-        if not existing or roll < 0.30:
-            if rng.random() < 0.15:
-                batch = [_document(rng, new_id()) for _ in range(rng.randint(2, 5))]
-                collection.insert_many(batch)
-                existing.extend(d["_id"] for d in batch)
-            else:
-                document = _document(rng, new_id())
-                collection.insert_one(document)
-                existing.append(document["_id"])
-        elif transactions and roll < 0.33 and len(existing) >= 2:
-            with db.client.start_session() as session, session.start_transaction():
-                first, second = rng.sample(existing, 2)
-                collection.update_one({"_id": first}, {"$inc": {"n": 1}}, session=session)
-                collection.update_one({"_id": second}, {"$set": {"txn": True}}, session=session)
-                extra = _document(rng, new_id())
-                collection.insert_one(extra, session=session)
-            existing.append(extra["_id"])
-        elif roll < 0.90:
-            target = rng.choice(existing)
-            update = rng.choice(
-                [
-                    {"$set": {"n": rng.randint(0, 100), "profile.score": rng.random()}},
-                    {"$set": {f"f{rng.randint(0, 8)}": _value(rng)}},
-                    {"$unset": {f"f{rng.randint(0, 5)}": ""}},
-                    {"$inc": {"n": rng.randint(1, 5)}},
-                    {"$push": {"arr": rng.randint(0, 9)}},
-                    {"$pull": {"arr": rng.randint(0, 9)}},
-                    {"$set": {"arr.1": rng.randint(100, 200)}},
-                    {"$set": {"arr.6": "padded"}},
-                    {"$pop": {"arr": 1}},
-                    {"$addToSet": {"profile.tags": rng.choice("abcxyz")}},
-                    {"$set": {"profile.address.city": rng.choice(["Oslo", "Lima", "Pune"])}},
-                    {"$rename": {"f0": "renamed"}},
-                ]
-            )
-            if rng.random() < 0.1:
-                collection.replace_one({"_id": target}, {"replaced": True, "v": _value(rng), "arr": [1, 2]})
-            else:
-                collection.update_one({"_id": target}, update)
-        else:
-            target = existing.pop(rng.randrange(len(existing)))
-            collection.delete_one({"_id": target})
-        issued += 1
+    writer = _Writer(db, random.Random(seed), transactions)
+    for issued in range(1, operations + 1):
+        writer.write()
         if on_progress is not None and issued % 50 == 0:
             on_progress(issued)
-    return issued
+    return operations
 
 
 def _sorted_fields(value: object) -> object:

@@ -1,0 +1,252 @@
+"""What the consumer does with one poll's messages: take whole messages, pass them through the gates, apply their
+events (the sequencer keeping collections with unique indexes in source order), checkpoint in the destination and
+commit offsets."""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import bson
+from bson.timestamp import Timestamp
+from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
+
+from kafkashake.consumer.applier import Applier, ApplyReport
+from kafkashake.consumer.barrier import Barriers
+from kafkashake.consumer.checkpoint import ConsumerCheckpointStore, PartitionPosition
+from kafkashake.consumer.conflicts import ConflictRecorder, describe
+from kafkashake.consumer.dead_letters import UNDECODABLE, DeadLetters
+from kafkashake.consumer.decoder import Event
+from kafkashake.consumer.gates import CopyOverlap, DelayGate, ExitGate, Verdict
+from kafkashake.consumer.intake import Intake, PartitionKey, Received
+from kafkashake.consumer.metrics import ConsumerMetrics
+from kafkashake.consumer.partitions import Partitions
+from kafkashake.consumer.sequencer import Sequencer
+from kafkashake.consumer.settings import ConsumerSettings
+from kafkashake.oplog import position
+from kafkashake.runtime.errors import FatalError
+from kafkashake.runtime.logs import RateLimitedLog
+from kafkashake.schemas.codec import EVENT_CODEC_OPTIONS
+
+log = logging.getLogger("kafkashake.consumer")
+# Checkpoints of the group's other instances are read at most this often.
+WATERMARKS_REFRESH_S = 0.25
+
+
+@dataclass
+class Batch:
+    """What one poll brought: messages to apply, messages moved past, partitions held."""
+
+    to_apply: list[Received] = field(default_factory=list)
+    # Messages whose events are applied in part (up to the exit point): their partitions stay before them.
+    partly: list[Received] = field(default_factory=list)
+    passed: list[Received] = field(default_factory=list)
+    held: set[PartitionKey] = field(default_factory=set)
+    held_from: dict[PartitionKey, int] = field(default_factory=dict)
+
+    def applying(self) -> list[Received]:
+        return self.to_apply + self.partly
+
+
+@dataclass
+class Gates:
+    """The checks after the barrier, in order; the exit gate and the delay change with /control."""
+
+    exit_point: ExitGate | None
+    delay: DelayGate
+    overlap: CopyOverlap = field(default_factory=CopyOverlap)
+
+
+class Replay:
+    def __init__(self, settings: ConsumerSettings, consumer: Consumer, store: ConsumerCheckpointStore,
+                 partitions: Partitions, sequencer: Sequencer, barriers: Barriers, gates: Gates, applier: Applier,
+                 dead_letters: DeadLetters | None, recorder: ConflictRecorder | None, metrics: ConsumerMetrics,
+                 call: Callable[[Callable[[], Any], str], Any], partition_count: Callable[[str], int]) -> None:
+        self._settings = settings
+        self._consumer = consumer
+        self._store = store
+        self.partitions = partitions
+        self.sequencer = sequencer
+        self.barriers = barriers
+        self.gates = gates
+        self._applier = applier
+        self._dead_letters = dead_letters
+        self._recorder = recorder
+        self._metrics = metrics
+        self._call = call
+        self._partition_count = partition_count
+        self.intake = Intake()
+        self._conflict_log = RateLimitedLog(logging.getLogger("kafkashake.consumer.conflicts"))
+        self._saved_watermarks: dict[str, tuple[float, dict[int, PartitionPosition]]] = {}
+
+    # ---------------------------------------------------------------------------------------------- a batch
+
+    def handle(self, messages: list[Message]) -> None:
+        """Messages of one poll, errors already taken out."""
+        batch = Batch()
+        for message in messages:
+            where = (message.topic(), message.partition())
+            if where not in self.partitions:
+                continue  # fetched before its partition was revoked in this very poll: its next owner reads it
+            self.partitions[where].at_end = False
+            if where in batch.held:
+                continue  # rewound: read again once the partition is resumed
+            received = self.intake.take(message)
+            if received is None:
+                continue  # a fragment: the rest of its value is still to come
+            self._metrics.messages_consumed.inc()
+            if received.error is not None:
+                self._undecodable(received, batch)
+            else:
+                self._gate(received, batch)
+        self._apply(batch)
+        self._checkpoint(batch)
+        self.barriers.record_arrivals(lambda where: self.sequencer.held(where) > 0)
+
+    def _gate(self, received: Received, batch: Batch) -> None:
+        self.partitions[received.where].mark_replayed(received)
+        verdict = self.barriers.check(received)
+        if verdict is Verdict.PASS:
+            batch.passed.append(received)
+            return
+        gates = self.gates
+        if verdict is Verdict.APPLY and gates.exit_point is not None:
+            verdict = gates.exit_point.check(received)
+        if verdict is not Verdict.HOLD:
+            gates.overlap.mark(received)
+        if verdict is Verdict.APPLY:
+            verdict = gates.delay.check(received)
+            self._metrics.partitions_paused.set(len(gates.delay.paused))
+        if verdict is Verdict.APPLY:
+            batch.to_apply.append(received)
+            return
+        if verdict is Verdict.APPLY_PART:
+            batch.partly.append(received)
+        self.hold_back(received, batch)
+
+    def _undecodable(self, received: Received, batch: Batch) -> None:
+        if self._dead_letters is None:
+            self._apply(batch)  # everything before it is applied and committed first
+            self._checkpoint(batch)
+            raise FatalError(
+                f"message {received.describe()} cannot be decoded: {received.error}. The consumer stops rather than "
+                "skip it; inspect it (kafkashake inspect) and restart, or run with --on-error dlq")
+        self.dead_letter(received, UNDECODABLE, received.error or "")
+        batch.passed.append(received)
+
+    def hold_back(self, received: Received, batch: Batch) -> None:
+        """Leave this message and the rest of its partition unapplied: rewind to it and pause the partition."""
+        topic, partition = where = received.where
+        self.intake.forget(where)
+        self._consumer.seek(TopicPartition(topic, partition, received.first_offset))
+        self._consumer.pause([TopicPartition(topic, partition)])
+        batch.held.add(where)
+        batch.held_from[where] = received.first_offset
+        # Changes of a partition are in source order: those before the held message are done (applied or held).
+        first = next(iter(received.events), None)
+        ts = None if first is None else first.fields.get("ts")
+        if isinstance(ts, Timestamp):
+            self.partitions[where].held_at(ts)
+            self.sequencer.saw(where, position.predecessor(ts))
+
+    # ---------------------------------------------------------------------------------------------- applying
+
+    def _apply(self, batch: Batch) -> None:
+        transform = self._settings.policy.transform
+        destination_ns = transform.map if transform else (lambda ns: ns)
+        events = [event for received in batch.applying() for event in self.sequencer.take(received, destination_ns)]
+        events += self.sequencer.release(self._complete_through, self._partition_count)
+        if not events:
+            return
+        for event in events:
+            if event.where in self.partitions:
+                self.partitions[event.where].applied_event(event.position)
+        started = time.perf_counter()
+        report = self._call(lambda: self._applier.apply(events), "applying a batch")
+        self._metrics.bulk_write_seconds.observe(time.perf_counter() - started)
+        self.account(report)
+        for rejection in report.rejected:
+            event = rejection.event
+            self.dead_letter(self._received_of(batch, event), rejection.reason,
+                             f"{rejection.error}; event {event.op} on {event.ns}", event)
+        self._metrics.held_changes.set(self.sequencer.held())
+
+    def account(self, report: ApplyReport) -> None:
+        """Count what was applied, passed over and refused; record conflicts."""
+        for op, count in report.applied.items():
+            self._metrics.events_applied.labels(op).inc(count)
+        for reason, count in report.passed_over.items():
+            self._metrics.events_passed_over.labels(reason).inc(count)
+        for conflict in report.conflicts:
+            self._metrics.conflicts.labels(conflict.kind).inc()
+            self._conflict_log.warning("conflict: destination left as it is", **describe(conflict))
+            if self._recorder is not None:
+                self._call(lambda: self._recorder.record(conflict), "recording a conflict")  # type: ignore[union-attr]
+
+    def _received_of(self, batch: Batch, event: Event) -> Received:
+        """The message an event came in (for a dead letter): in this batch, or held since an earlier one."""
+        for received in batch.applying():
+            if received.where == event.where and received.offset == event.offset:
+                return received
+        return Received(event.topic, event.partition, event.offset, event.offset, None,
+                        bson.encode(event.fields, codec_options=EVENT_CODEC_OPTIONS), [], {}, [event])
+
+    def _complete_through(self, topic: str, partition: int) -> Timestamp | None:
+        """Up to where every change of this partition is applied or held here: known first-hand for partitions of
+        this instance, from the group's checkpoints for the others."""
+        if (topic, partition) in self.partitions:
+            return self.sequencer.through((topic, partition))
+        read_at, saved = self._saved_watermarks.get(topic, (0.0, {}))
+        if time.monotonic() - read_at >= WATERMARKS_REFRESH_S:
+            saved = self._call(lambda: self._store.load_topic(topic), "reading the group's checkpoints")
+            self._saved_watermarks[topic] = (time.monotonic(), saved)
+        other = saved.get(partition)
+        return None if other is None else other.watermark
+
+    def dead_letter(self, received: Received, reason: str, error: str, event: Event | None = None) -> None:
+        assert self._dead_letters is not None
+        self._call(lambda: self._dead_letters.send(received, reason, error, event), "writing a dead letter")  # type: ignore[union-attr]
+        self._metrics.dead_letters.labels(reason).inc()
+
+    # ---------------------------------------------------------------------------------------------- checkpoint
+
+    def _checkpoint(self, batch: Batch) -> None:
+        for received in sorted(batch.to_apply + batch.passed, key=lambda r: r.offset):
+            self.partitions[received.where].passed(received, self.gates.overlap.until.get(received.where))
+        saved = []
+        for where, state in self.partitions.items():
+            if not state.changed:
+                continue
+            checkpoint = state.checkpoint(where, self.sequencer.first_held(where), batch.held_from.get(where))
+            if checkpoint is not None:
+                saved.append(checkpoint)
+        if not saved:
+            return
+        self._call(lambda: self._store.save(saved), "saving the consumer checkpoint")
+        self._commit(saved)
+        for _, state in self.partitions.items():
+            state.changed = False
+        newest = max((p.ts for p in saved if p.ts is not None), default=None)
+        if newest is not None:
+            self._metrics.checkpoint_ts.set(newest.time)
+
+    def _commit(self, positions: list[PartitionPosition]) -> None:
+        offsets = [TopicPartition(p.topic, p.partition, p.offset + 1, metadata=p.topic_id or "") for p in positions]
+        try:
+            self._consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:
+            # The destination checkpoint already holds these positions; a failed commit only means the
+            # next owner of the partition starts from there instead.
+            log.warning("offset commit failed; the destination checkpoint covers it", extra={"error": str(exc)})
+
+    def forget(self, where: PartitionKey) -> None:
+        self.intake.forget(where)
+        self.partitions.forget(where)
+        self.sequencer.forget(where)
+        self.barriers.forget(where)
+        self.gates.delay.forget(where)
+        self.gates.overlap.until.pop(where, None)
+        if self.gates.exit_point is not None:
+            self.gates.exit_point.forget(where)
