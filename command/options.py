@@ -84,10 +84,7 @@ def exit_at(value: Optional[str]) -> Optional[str]:
 
 def exit_point(value: Optional[str]) -> Optional[Timestamp]:
     """Everything at or before TIME: an ISO time covers every increment of its second."""
-    if value is None:
-        return None
-    parsed = position.parse(value)
-    return parsed if "," in value else Timestamp(parsed.time, 0xFFFFFFFF)
+    return None if value is None else position.parse_through(value)
 
 
 def key_values(values: list[str] | None, option: str, example: str) -> dict[str, str]:

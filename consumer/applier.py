@@ -1,7 +1,9 @@
 """Applying events to the destination as ordered bulk writes, one run at a time.
 
-Within a batch, events are grouped into runs. A run's writes go out per namespace as one ordered
-`bulk_write`, so operations on one document keep their order. Updates are computed in memory from the
+Within a batch, events are grouped into runs. A run's writes go out per namespace as ordered `bulk_write`s, so
+operations on one document keep their order: one for a collection with a unique index besides `_id` (its changes
+depend on each other), else one per lane, documents spread over the lanes by `_id`. Namespaces and lanes are written
+concurrently, so a distant destination costs one round trip per run, not one per namespace. Updates are computed in memory from the
 document as it stands (fetched once per run with `$in`, in chunks) and written as replacements: this reproduces
 mongod's diff semantics exactly and shows whether the document existed. An update on a document that an
 insert earlier in the same run touched closes the run first, because the insert's outcome is not yet known.
@@ -15,19 +17,22 @@ from __future__ import annotations
 import logging
 import re
 from collections import Counter, defaultdict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from pymongo import DeleteOne, InsertOne, MongoClient, ReplaceOne
+import bson
+from pymongo import MongoClient
 from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
 
-from kafkashake.consumer.conflicts import DUPLICATE_KEY, UPDATE_MISSING, Conflict
-from kafkashake.consumer.dead_letters import REJECTED, UNAPPLICABLE_UPDATE, UNKNOWN_OP
+from kafkashake.consumer.conflicts import DUPLICATE_KEY, Conflict
+from kafkashake.consumer.dead_letters import REJECTED, UNKNOWN_OP
 from kafkashake.consumer.decoder import Event
 from kafkashake.consumer.ddl import apply_command, command_name
 from kafkashake.consumer.settings import ReplayPolicy
-from kafkashake.consumer.document_update import UpdateFormatError, apply_update
+from kafkashake.oplog.namespaces import command_target
+from kafkashake.consumer.write_plan import Write, ids_to_read, plan
 from kafkashake.oplog.entry import CHANGE_STREAM_DDL, is_internal_namespace
 from kafkashake.runtime.errors import FatalError
 from kafkashake.runtime.retry import is_transient
@@ -40,15 +45,12 @@ log = logging.getLogger("kafkashake.consumer.applier")
 DUPLICATE_KEY_CODES = frozenset({11000, 11001})
 PASSED_OVER_REASONS = {"n": "noop", "c": "command", "invalidate": "invalidate", "kafkashake.gap": "history_gap",
                        **{kind: "command" for kind in CHANGE_STREAM_DDL}}
-_ABSENT: Any = object()
-# Documents are fetched for updates this many _ids per query: bounds each reply, and SecantusDB's `$in` costs
-# grow with the list (2,000 ids in one query: 3.1 s; in chunks of 400: 0.63 s, of 100: 0.24 s, of 50: 0.18 s).
-FETCH_CHUNK_IDS = 50
-
-
-def identity(value: Any) -> str:
-    """A hashable identity for any BSON `_id` value, equal for values MongoDB holds to be one `_id`."""
-    return key_text(value)
+# Documents for updates are read with `{_id: {$in: [...]}}`, which mongod answers with one _id index seek per value.
+# A run's ids go in as few finds as fit well under the 16 MiB command limit (a large _id can be megabytes).
+FETCH_MAX_IDS = 10_000
+FETCH_MAX_ID_BYTES = 8 * 1024 * 1024
+# Concurrent ordered bulk writes per run (namespaces, and lanes of one namespace's documents).
+WRITE_LANES = 4
 
 
 @dataclass
@@ -65,20 +67,16 @@ class ApplyReport:
     conflicts: list[Conflict] = field(default_factory=list)
     rejected: list[Rejection] = field(default_factory=list)
 
-
-@dataclass(slots=True)
-class _Write:
-    event: Event
-    document_id: Any
-    key: str
-    request: Any = None
-    replaces_on_duplicate: bool = False
-    tried_again: bool = False
+    def merge(self, other: "ApplyReport") -> None:
+        self.applied.update(other.applied)
+        self.passed_over.update(other.passed_over)
+        self.conflicts += other.conflicts
+        self.rejected += other.rejected
 
 
 class _Run:
     def __init__(self) -> None:
-        self.writes: dict[str, list[_Write]] = defaultdict(list)
+        self.writes: dict[str, list[Write]] = defaultdict(list)
         self.inserted: set[tuple[str, str]] = set()
 
     def __bool__(self) -> bool:
@@ -92,11 +90,16 @@ class Applier:
         private_databases: frozenset[str],
         policy: ReplayPolicy = ReplayPolicy(),
         dead_letters: bool = True,
+        has_unique_index: Callable[[str], bool] = lambda ns: True,
+        lanes: int = WRITE_LANES,
     ) -> None:
         self._client = client
         self._private = private_databases
         self._policy = policy
         self._dead_letters = dead_letters
+        self._has_unique_index = has_unique_index
+        self._lanes = lanes
+        self._writers = ThreadPoolExecutor(lanes, thread_name_prefix="kafkashake-write")
 
     def _reject(self, report: ApplyReport, event: Event, reason: str, error: str) -> None:
         """An event that can never be applied: reported for the dead-letter topic, or replay stops."""
@@ -141,9 +144,7 @@ class Applier:
             if is_internal_namespace(event.ns, self._private):
                 report.passed_over["internal_namespace"] += 1
                 continue
-            fields = event.fields
-            document_id = fields["o2"]["_id"] if op == "u" else fields["o"]["_id"]
-            write = _Write(event, document_id, identity(document_id))
+            write = Write.of(event)
             ns = policy.transform.map(event.ns) if policy.transform else event.ns
             if op == "u" and (ns, write.key) in run.inserted:
                 self._flush(run, report)
@@ -157,12 +158,7 @@ class Applier:
 
     def _allowed(self, event: Event) -> bool:
         """Filters name collections; a command is judged by the collection it acts on."""
-        ns = event.ns
-        if event.op == "c":
-            command = event.fields["o"]
-            target = command.get(next(iter(command)))
-            db = ns.partition(".")[0]
-            ns = target if isinstance(target, str) and "." in target else f"{db}.{target}" if isinstance(target, str) else db
+        ns = command_target(event.ns, event.fields["o"]) if event.op == "c" else event.ns
         return self._policy.namespaces.allows(ns)
 
     def _apply_command(self, event: Event, report: ApplyReport) -> None:
@@ -193,53 +189,48 @@ class Applier:
                     extra={"ns": f"{db}.{command['create']}"})
 
     def _flush(self, run: _Run, report: ApplyReport) -> None:
-        for ns, writes in run.writes.items():
-            collection = self._collection(ns)
-            self._prepare_updates(collection, writes, report)
-            self._execute(collection, [w for w in writes if w.request is not None], report)
-
-    def _prepare_updates(self, collection, writes: list[_Write], report: ApplyReport) -> None:  # type: ignore[no-untyped-def]
-        update_ids = {w.key: w.document_id for w in writes if w.event.op == "u"}
-        for w in writes:
-            if w.event.op == "i":
-                if w.event.converge or w.event.replayed:
-                    w.request = ReplaceOne({"_id": w.document_id}, w.event.fields["o"], upsert=True)
-                else:
-                    w.request = InsertOne(w.event.fields["o"])
-                    w.replaces_on_duplicate = self._policy.insert_on_dup_update
-            elif w.event.op == "d":
-                w.request = DeleteOne({"_id": w.document_id})
-        if not update_ids:
+        jobs = [(ns, lane) for ns, writes in run.writes.items() for lane in self._split(ns, writes)]
+        if len(jobs) == 1:
+            self._write(*jobs[0], report)
             return
-        state: dict[bytes, Any] = {}
-        ids = list(update_ids.values())
-        for start in range(0, len(ids), FETCH_CHUNK_IDS):
-            for document in collection.find({"_id": {"$in": ids[start:start + FETCH_CHUNK_IDS]}}):
-                state[identity(document["_id"])] = document
-        for w in writes:
-            op = w.event.op
-            if op == "d":
-                state[w.key] = _ABSENT
-            elif op == "u":
-                current = state.get(w.key, _ABSENT)
-                if current is _ABSENT:
-                    if w.event.converge or w.event.replayed:  # deleted before the copy read it; its delete follows
-                        report.passed_over["snapshot_overlap"] += 1
-                        continue
-                    if not self._policy.upsert:
-                        self._conflict(report, Conflict(UPDATE_MISSING, w.event, None,
-                                                        "no document matches the update's _id"))
-                        continue
-                    current = dict(w.event.fields["o2"])  # what an upsert of this update would start from
-                try:
-                    updated = apply_update(current, w.event.fields["o"])
-                except UpdateFormatError as exc:
-                    self._reject(report, w.event, UNAPPLICABLE_UPDATE, f"cannot apply the update: {exc}")
-                    continue
-                state[w.key] = updated
-                w.request = ReplaceOne({"_id": w.document_id}, updated, upsert=self._policy.upsert)
+        lane_reports = [ApplyReport() for _ in jobs]
+        futures = [self._writers.submit(self._write, ns, writes, lane_report)
+                   for (ns, writes), lane_report in zip(jobs, lane_reports)]
+        for future in futures:
+            future.exception()  # every lane finishes before any error is raised
+        for future in futures:
+            future.result()
+        for lane_report in lane_reports:
+            report.merge(lane_report)
 
-    def _execute(self, collection, writes: list[_Write], report: ApplyReport) -> None:  # type: ignore[no-untyped-def]
+    def _split(self, ns: str, writes: list[Write]) -> list[list[Write]]:
+        """The lanes of one namespace's writes; a document's writes stay in one lane, in order."""
+        if self._lanes == 1 or len(writes) < 2 * self._lanes or self._has_unique_index(ns):
+            return [writes]
+        lanes: list[list[Write]] = [[] for _ in range(self._lanes)]
+        for write in writes:
+            lanes[hash(write.key) % self._lanes].append(write)
+        return [lane for lane in lanes if lane]
+
+    def _write(self, ns: str, writes: list[Write], report: ApplyReport) -> None:
+        collection = self._collection(ns)
+        planned = plan(writes, self._read(collection, ids_to_read(writes)), self._policy)
+        report.conflicts += planned.conflicts
+        report.passed_over.update(planned.passed_over)
+        for event, reason, error in planned.unapplicable:
+            self._reject(report, event, reason, error)
+        self._execute(collection, planned.writes, report)
+
+    @staticmethod
+    def _read(collection, ids: list[Any]) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+        """The documents with these `_id`s, by key text."""
+        documents = {}
+        for chunk in id_chunks(ids):
+            for document in collection.find({"_id": {"$in": chunk}}):
+                documents[key_text(document["_id"])] = document
+        return documents
+
+    def _execute(self, collection, writes: list[Write], report: ApplyReport) -> None:  # type: ignore[no-untyped-def]
         while writes:
             try:
                 collection.bulk_write([w.request for w in writes], ordered=True)
@@ -248,7 +239,6 @@ class Applier:
                 failed, done = writes[first["index"]], writes[: first["index"]]
                 self._written(report, done)
                 if first.get("code") not in DUPLICATE_KEY_CODES:
-                    self._reapply(collection, done)
                     self._reject(report, failed.event, REJECTED, f"the destination rejected the event: "
                                                                  f"{first.get('errmsg')} (code {first.get('code')})")
                     writes = writes[first["index"] + 1:]
@@ -259,12 +249,12 @@ class Applier:
             return
 
     @staticmethod
-    def _written(report: ApplyReport, writes: list[_Write]) -> None:
+    def _written(report: ApplyReport, writes: list[Write]) -> None:
         for w in writes:
             report.applied[w.event.op] += 1
 
-    def _duplicate(self, collection, write: _Write, error: dict, rest: list[_Write],  # type: ignore[no-untyped-def]
-                   report: ApplyReport) -> list[_Write]:
+    def _duplicate(self, collection, write: Write, error: dict, rest: list[Write],  # type: ignore[no-untyped-def]
+                   report: ApplyReport) -> list[Write]:
         """Handle a duplicate-key refusal; returns the writes still to do."""
         index_name = duplicate_index_name(error)
         ts = write.event.fields.get("ts")
@@ -279,17 +269,7 @@ class Applier:
                                             index_name))
         return rest
 
-    def _reapply(self, collection, writes: list[_Write]) -> None:  # type: ignore[no-untyped-def]
-        """Make sure the writes before a rejected one are applied: mongod applies them, but a server may reject an
-        ordered run of inserts as a whole (SecantusDB does on validation errors). Inserts are replayed as
-        replacements of the same document, so this is idempotent either way."""
-        if not writes:
-            return
-        requests = [ReplaceOne({"_id": w.document_id}, w.event.fields["o"], upsert=True) if w.event.op == "i"
-                    else w.request for w in writes]
-        collection.bulk_write(requests, ordered=True)
-
-    def _replace_existing(self, collection, write: _Write, report: ApplyReport) -> None:  # type: ignore[no-untyped-def]
+    def _replace_existing(self, collection, write: Write, report: ApplyReport) -> None:  # type: ignore[no-untyped-def]
         """insert_on_dup_update: the inserted document replaces the existing one whole (MongoShake merged with
         $set, so fields the insert did not have survived). A duplicate on another unique index stays a conflict."""
         try:
@@ -303,6 +283,20 @@ class Applier:
 
     def _conflict(self, report: ApplyReport, conflict: Conflict) -> None:
         report.conflicts.append(conflict)
+
+
+def id_chunks(ids: list[Any]) -> list[list[Any]]:
+    """`ids` in order, cut into lists of at most FETCH_MAX_IDS values and FETCH_MAX_ID_BYTES of BSON."""
+    chunks: list[list[Any]] = [[]]
+    size = 0
+    for document_id in ids:
+        id_size = len(bson.encode({"_id": document_id}, codec_options=EVENT_CODEC_OPTIONS))
+        if chunks[-1] and (len(chunks[-1]) == FETCH_MAX_IDS or size + id_size > FETCH_MAX_ID_BYTES):
+            chunks.append([])
+            size = 0
+        chunks[-1].append(document_id)
+        size += id_size
+    return chunks if chunks[0] else []
 
 
 _INDEX_IN_MESSAGE = re.compile(r"index: (\S+) dup key")

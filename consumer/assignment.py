@@ -32,7 +32,7 @@ def topic_ids(admin: AdminClient, names: set[str]) -> dict[str, str]:
     for name, future in admin.describe_topics(TopicCollection(sorted(names))).items():
         try:
             ids[name] = str(future.result(timeout=ADMIN_TIMEOUT_S).topic_id)
-        except KafkaException as exc:
+        except (KafkaException, TimeoutError) as exc:  # Kafka out of reach: the id is checked again later
             log.warning("cannot read the topic's id; saved positions are used without checking it",
                         extra={"topic": name, "error": str(exc)})
     return ids

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from kafkashake.consumer.document_update import UPDATE_DESCRIPTION
 from kafkashake.schemas.codec import UndecodableMessage
 
 CONTEXT_FIELDS = ("lsid", "txnNumber")
@@ -58,7 +59,7 @@ def to_oplog_form(event: Mapping[str, Any]) -> dict[str, Any]:
         description = event.get("updateDescription")
         if description is None:
             raise UndecodableMessage("update change event without updateDescription")
-        result.update(op="u", o={"$v": 2, "diff": dict(description)}, o2=event["documentKey"])
+        result.update(op="u", o=dict(description), o2=event["documentKey"], o_form=UPDATE_DESCRIPTION)
     elif kind == "replace":
         result.update(op="u", o=event["fullDocument"], o2=event["documentKey"])
     elif kind == "delete":

@@ -18,6 +18,8 @@ from typing import Any
 from bson.binary import Binary
 
 CHANGE_STREAM_DIFF_KEYS = frozenset({"updatedFields", "removedFields", "truncatedArrays", "disambiguatedPaths"})
+# How a change event's update is marked in oplog form (consumer/change_events.py): its `o` is the updateDescription.
+UPDATE_DESCRIPTION = "updateDescription"
 
 
 class UpdateFormatError(ValueError):
@@ -28,8 +30,11 @@ def is_replacement(update: Mapping[str, Any]) -> bool:
     return not any(name.startswith("$") for name in update)
 
 
-def apply_update(document: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
-    """The document after `update` (an oplog `o` of an `op: u` entry). `document` is left untouched."""
+def apply_update(document: Mapping[str, Any], update: Mapping[str, Any], form: str | None = None) -> dict[str, Any]:
+    """The document after `update` (an oplog `o` of an `op: u` entry; with `form` "updateDescription", a change
+    event's updateDescription). `document` is left untouched."""
+    if form == UPDATE_DESCRIPTION:
+        return apply_update_description(document, update)
     if is_replacement(update):
         replaced = dict(update)
         if "_id" in document and "_id" not in replaced:
@@ -37,7 +42,7 @@ def apply_update(document: Mapping[str, Any], update: Mapping[str, Any]) -> dict
         return replaced
     if "diff" in update and update.get("$v") == 2:
         diff = update["diff"]
-        if CHANGE_STREAM_DIFF_KEYS.intersection(diff):
+        if CHANGE_STREAM_DIFF_KEYS.intersection(diff):  # SecantusDB logs its updates in this form
             return apply_update_description(document, diff)
         return apply_object_diff(document, diff)
     return apply_modifiers(document, update)

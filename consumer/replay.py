@@ -1,11 +1,16 @@
 """What the consumer does with one poll's messages: take whole messages, pass them through the gates, apply their
 events (the sequencer keeping collections with unique indexes in source order), checkpoint in the destination and
-commit offsets."""
+commit offsets.
+
+One batch is written at a time, in a writer thread, while the main thread polls and decodes the next; the next
+batch passes the gates only after the previous one is written and checkpointed, so the gates, the barrier and the
+checkpoint see the same state as if nothing overlapped."""
 from __future__ import annotations
 
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,31 +83,37 @@ class Replay:
         self._call = call
         self._partition_count = partition_count
         self.intake = Intake()
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="kafkashake-apply")
+        self._pending: tuple[Batch, Future[ApplyReport] | None] | None = None
         self._conflict_log = RateLimitedLog(logging.getLogger("kafkashake.consumer.conflicts"))
         self._saved_watermarks: dict[str, tuple[float, dict[int, PartitionPosition]]] = {}
 
     # ---------------------------------------------------------------------------------------------- a batch
 
     def handle(self, messages: list[Message]) -> None:
-        """Messages of one poll, errors already taken out."""
-        batch = Batch()
+        """Messages of one poll, errors already taken out. They are decoded while the previous poll's events are
+        still being written; then that write is settled, these pass the gates and their write starts."""
+        taken = []
         for message in messages:
-            where = (message.topic(), message.partition())
+            received = self.intake.take(message)
+            if received is not None:  # else a fragment: the rest of its value is still to come
+                taken.append(received)
+        self.settle()
+        batch = Batch()
+        for received in taken:
+            where = received.where
             if where not in self.partitions:
-                continue  # fetched before its partition was revoked in this very poll: its next owner reads it
+                self.intake.forget(where)
+                continue  # fetched before its partition was revoked: its next owner reads it
             self.partitions[where].at_end = False
             if where in batch.held:
                 continue  # rewound: read again once the partition is resumed
-            received = self.intake.take(message)
-            if received is None:
-                continue  # a fragment: the rest of its value is still to come
             self._metrics.messages_consumed.inc()
             if received.error is not None:
                 self._undecodable(received, batch)
             else:
                 self._gate(received, batch)
-        self._apply(batch)
-        self._checkpoint(batch)
+        self._start_apply(batch)
         self.barriers.record_arrivals(lambda where: self.sequencer.held(where) > 0)
 
     def _gate(self, received: Received, batch: Batch) -> None:
@@ -128,8 +139,8 @@ class Replay:
 
     def _undecodable(self, received: Received, batch: Batch) -> None:
         if self._dead_letters is None:
-            self._apply(batch)  # everything before it is applied and committed first
-            self._checkpoint(batch)
+            self._start_apply(batch)  # everything before it is applied and committed first
+            self.settle()
             raise FatalError(
                 f"message {received.describe()} cannot be decoded: {received.error}. The consumer stops rather than "
                 "skip it; inspect it (kafkashake inspect) and restart, or run with --on-error dlq")
@@ -153,25 +164,39 @@ class Replay:
 
     # ---------------------------------------------------------------------------------------------- applying
 
-    def _apply(self, batch: Batch) -> None:
+    def _start_apply(self, batch: Batch) -> None:
+        """Hand the batch's events to the writer thread; `settle()` waits for them and checkpoints the batch."""
         transform = self._settings.policy.transform
         destination_ns = transform.map if transform else (lambda ns: ns)
         events = [event for received in batch.applying() for event in self.sequencer.take(received, destination_ns)]
         events += self.sequencer.release(self._complete_through, self._partition_count)
-        if not events:
-            return
         for event in events:
             if event.where in self.partitions:
                 self.partitions[event.where].applied_event(event.position)
+        self._metrics.held_changes.set(self.sequencer.held())
+        written = self._writer.submit(self._write, events) if events else None
+        self._pending = (batch, written)
+
+    def _write(self, events: list[Event]) -> ApplyReport:
         started = time.perf_counter()
         report = self._call(lambda: self._applier.apply(events), "applying a batch")
         self._metrics.bulk_write_seconds.observe(time.perf_counter() - started)
-        self.account(report)
-        for rejection in report.rejected:
-            event = rejection.event
-            self.dead_letter(self._received_of(batch, event), rejection.reason,
-                             f"{rejection.error}; event {event.op} on {event.ns}", event)
-        self._metrics.held_changes.set(self.sequencer.held())
+        return report
+
+    def settle(self) -> None:
+        """Wait for the batch being written, account for it and checkpoint it (the checkpoint never runs ahead of
+        what the destination holds)."""
+        if self._pending is None:
+            return
+        (batch, written), self._pending = self._pending, None
+        if written is not None:
+            report = written.result()
+            self.account(report)
+            for rejection in report.rejected:
+                event = rejection.event
+                self.dead_letter(self._received_of(batch, event), rejection.reason,
+                                 f"{rejection.error}; event {event.op} on {event.ns}", event)
+        self._checkpoint(batch)
 
     def account(self, report: ApplyReport) -> None:
         """Count what was applied, passed over and refused; record conflicts."""

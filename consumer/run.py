@@ -72,7 +72,7 @@ class ConsumerRun:
                                                "stats_cb": self._on_statistics, **self.kafka_health.client_options()})
         self._incremental = assignment.is_incremental(config)
         self.consumer = Consumer(config)
-        self.admin = AdminClient(admin_config(config))
+        self.admin = AdminClient({**admin_config(config), **self.kafka_health.client_options()})
         self.controls = RuntimeControls(frozenset({"pause", "resume", "target_delay", "exit_at"}),
                                         settings.policy.target_delay_s, settings.exit_at)
         self.replay = self._replay(state_db)
@@ -94,8 +94,13 @@ class ConsumerRun:
         dead_letters = (DeadLetters(settings.kafka.client_config({}), settings.dead_letter_topic,
                                     settings.subscription.group_id, self.kafka_health)
                         if problems.on_error is OnError.DLQ else None)
-        applier = Applier(self.destination, settings.private_databases, settings.policy, dead_letters is not None)
         unique_indexes = UniqueIndexes(self.destination)
+
+        def has_unique_index(ns: str) -> bool:
+            return self._call(lambda: unique_indexes(ns), "reading the indexes")
+
+        applier = Applier(self.destination, settings.private_databases, settings.policy, dead_letters is not None,
+                          has_unique_index)
         barriers = Barriers(BarrierStore(state_db["ddl_barrier"], settings.subscription.group_id), settings.policy.ddl,
                             Subscription(settings.subscription.topic, settings.subscription.topic_pattern),
                             self._apply_barrier, self._call)
@@ -105,7 +110,7 @@ class ConsumerRun:
                     if problems.conflict_write_to is ConflictTarget.DB else None)
         self._applier = applier
         return Replay(settings, self.consumer, self.store, Partitions(),
-                      Sequencer(lambda ns: self._call(lambda: unique_indexes(ns), "reading the indexes")), barriers,
+                      Sequencer(has_unique_index), barriers,
                       gates, applier, dead_letters, recorder, self.metrics, self._call, self._partition_count)
 
     def _apply_barrier(self, received: Received) -> None:
@@ -138,6 +143,7 @@ class ConsumerRun:
             consumer.assign(partitions)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.replay.settle()  # the batch being written is checkpointed before its partitions go
         for tp in partitions:  # held messages are read again by the partition's next owner
             self.replay.forget((tp.topic, tp.partition))
         self.metrics.partitions_paused.set(len(self.replay.gates.delay.paused))
@@ -147,7 +153,7 @@ class ConsumerRun:
         the old offsets, which would skip the new topic's first messages. Read its ids every few seconds; a new id
         sends the topic's partitions back to its start, as a new group would, with a warning."""
         now = time.monotonic()
-        if now - self._topic_ids_read_at < TOPIC_ID_CHECK_S:
+        if now - self._topic_ids_read_at < TOPIC_ID_CHECK_S or self.kafka_health.unreachable_since is not None:
             return
         self._topic_ids_read_at = now
         owned = self.replay.partitions.items()
@@ -157,6 +163,7 @@ class ConsumerRun:
             self._restart_topic(topic, ids[topic])
 
     def _restart_topic(self, topic: str, topic_id: str) -> None:
+        self.replay.settle()
         partitions = [where for where, _ in self.replay.partitions.items() if where[0] == topic]
         log.warning("the topic was deleted and re-created under the same name: reading the new one from its start, "
                     "as a new group would; changes already applied from it apply again, convergently",
@@ -198,8 +205,11 @@ class ConsumerRun:
         try:
             while not self.shutdown.requested:
                 self._turn()
-                if self.replay.gates.exit_point is not None and self._exit_point_reached():
-                    break
+                if self.replay.gates.exit_point is not None:
+                    self.replay.settle()
+                    if self._exit_point_reached():
+                        break
+            self.replay.settle()
         finally:
             self.consumer.close()
             log.info("consumer stopped")
@@ -231,6 +241,9 @@ class ConsumerRun:
                                          self.replay.gates.delay.seconds_until_next(settings.poll_timeout_s))
         if messages:
             self.replay.handle([message for message in messages if self._usable(message)])
+            self._mark_read_to_end(messages)
+        else:
+            self.replay.settle()
         self.metrics.partitions_paused.set(len(self._held()))
         self.metrics.lag.set(self._lag_seconds())
 
@@ -240,11 +253,8 @@ class ConsumerRun:
         if error is None:
             self.kafka_health.reached()
             return True
-        where = (message.topic(), message.partition())
         if error.code() == KafkaError._PARTITION_EOF:
             self.kafka_health.reached()
-            if where in self.replay.partitions:
-                self.replay.partitions[where].at_end = True
             return False
         fatal = self.kafka_health.use.explain(error)
         if fatal is not None:
@@ -255,6 +265,18 @@ class ConsumerRun:
         else:
             self._kafka_warnings.warning("Kafka consumer error, retrying", error=error.str())
         return False
+
+    def _mark_read_to_end(self, messages: list[Message]) -> None:
+        """A partition is at its end when the poll's last word on it is librdkafka's end-of-partition event (which
+        comes once per arrival at the end, often in the same poll as the message before it)."""
+        last: dict[PartitionKey, bool] = {}
+        for message in messages:
+            error = message.error()
+            if error is None or error.code() == KafkaError._PARTITION_EOF:
+                last[(message.topic(), message.partition())] = error is not None
+        for where, at_end in last.items():
+            if at_end and where in self.replay.partitions:
+                self.replay.partitions[where].at_end = True
 
     def _lag_seconds(self) -> float:
         """The partitions' lag; while Kafka is out of reach (the group may have taken them away), the last lag

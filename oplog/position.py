@@ -30,12 +30,26 @@ def successor(ts: Timestamp) -> Timestamp:
     return Timestamp(ts.time + 1, 0)
 
 
+def text(ts: Timestamp) -> str:
+    """`seconds,increment`: how positions are written in headers, options and logs."""
+    return f"{ts.time},{ts.inc}"
+
+
+def iso_time(ts: Timestamp) -> str:
+    """The position's second as ISO-8601 UTC: `2023-11-14T22:13:20Z`."""
+    return _dt.datetime.fromtimestamp(ts.time, tz=_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def describe(ts: Timestamp | None) -> str:
     """Human form used in logs and errors: `1700000000,5 (2023-11-14T22:13:20Z)`."""
-    if ts is None:
-        return "none"
-    when = _dt.datetime.fromtimestamp(ts.time, tz=_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    return f"{ts.time},{ts.inc} ({when})"
+    return "none" if ts is None else f"{text(ts)} ({iso_time(ts)})"
+
+
+def parse_through(value: str) -> Timestamp:
+    """An inclusive bound such as --exit-at: `<seconds>,<increment>` exactly, or an ISO time covering every
+    increment of its second."""
+    parsed = parse(value)
+    return parsed if "," in value else Timestamp(parsed.time, _MAX_INCREMENT)
 
 
 def parse(text: str) -> Timestamp:

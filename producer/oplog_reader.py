@@ -14,8 +14,7 @@ from kafkashake.runtime.errors import PositionLostError
 
 IDLE = None
 CAPPED_POSITION_LOST = 136
-OPLOG_QUERY_BATCH = 2000
-CATCH_UP_BATCH = 10_000
+OPLOG_BATCH = 10_000
 
 
 class OplogReader:
@@ -52,39 +51,22 @@ class OplogReader:
         )
 
     def tail(self, after: Timestamp) -> Iterator[RawBSONDocument | None]:
-        """Entries with `ts > after`, in order, forever. Yields `IDLE` whenever the cursor has caught up.
+        """Entries with `ts > after`, in order, until the cursor dies. Yields `IDLE` whenever it has caught up.
 
-        A backlog is read with a plain forward scan in large batches first (on SecantusDB twice as fast as a
-        tailable cursor), then a tailable await cursor follows on from the last entry read. Several entries may
-        share a `ts`, so it starts at that `ts` again and passes over the ones already read."""
-        last, already_read = after, 0
-        try:
-            for entry in self._oplog.find({"ts": {"$gt": after}}, batch_size=CATCH_UP_BATCH, oplog_replay=True):
-                ts = entry["ts"]
-                last, already_read = (last, already_read + 1) if ts == last else (ts, 1)
-                yield entry
-        except OperationFailure as exc:
-            self._raise_if_rolled_over(exc, after)
-            raise
-        bound = {"$gte": last} if already_read else {"$gt": last}
+        One tailable await cursor reads the backlog and then waits for new entries; a getMore returns as soon as
+        it has any, up to OPLOG_BATCH entries or 16 MiB."""
         cursor = self._oplog.find(
-            {"ts": bound},
+            {"ts": {"$gt": after}},
             cursor_type=CursorType.TAILABLE_AWAIT,
-            batch_size=OPLOG_QUERY_BATCH,
+            batch_size=OPLOG_BATCH,
             oplog_replay=True,
         ).max_await_time_ms(self._await_ms)
         try:
             while cursor.alive:
                 try:
-                    entry = cursor.next()
+                    yield cursor.next()
                 except StopIteration:
                     yield IDLE
-                    continue
-                if already_read and entry["ts"] == last:
-                    already_read -= 1
-                    continue
-                already_read = 0
-                yield entry
         except OperationFailure as exc:
             self._raise_if_rolled_over(exc, after)
             raise

@@ -25,6 +25,7 @@ from kafkashake.oplog import position
 from kafkashake.oplog.entry import Operation
 from kafkashake.producer.metrics import ProducerMetrics
 from kafkashake.producer.acknowledgements import AckQueue
+from kafkashake.schemas.partitioning import key_text
 from kafkashake.producer.publisher import Publisher
 from kafkashake.producer.settings import IndexCreation, SnapshotSettings
 from kafkashake.producer.snapshot_state import COMPLETE, CollectionState, RangeState, SnapshotState, SnapshotStore
@@ -77,10 +78,6 @@ def document_id(document: RawBSONDocument) -> Any:
     return document["_id"]
 
 
-def _identity(value: Any) -> bytes:
-    return bson.encode({"": value})
-
-
 def _put(out: "queue.Queue[tuple[_RangeProgress, Any]]", item: tuple[_RangeProgress, Any],
          stop: threading.Event) -> bool:
     while not stop.is_set():
@@ -103,11 +100,11 @@ def _read_range(client: MongoClient, progress: _RangeProgress, batch_size: int,
         try:
             cursor = (source.find({}, batch_size=batch_size).hint([("_id", 1)])
                       .min([("_id", after[0] if after else state.lower)]).max([("_id", state.upper)]))
-            resume_key = _identity(after[0]) if after else None  # `min` is inclusive: pass over that document
+            resume_key = key_text(after[0]) if after else None  # `min` is inclusive: pass over that document
             batch: list[RawBSONDocument] = []
             for document in cursor:
                 if resume_key is not None:
-                    is_resume_point, resume_key = _identity(document_id(document)) == resume_key, None
+                    is_resume_point, resume_key = key_text(document_id(document)) == resume_key, None
                     if is_resume_point:
                         continue
                 batch.append(document)

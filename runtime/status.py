@@ -1,7 +1,6 @@
 """Pieces of the /status document and the runtime controls both processes share."""
 from __future__ import annotations
 
-import datetime as _dt
 import enum
 import threading
 import time
@@ -45,10 +44,7 @@ class Liveness:
 
 
 def describe_position(ts: Timestamp | None) -> dict[str, Any] | None:
-    if ts is None:
-        return None
-    when = _dt.datetime.fromtimestamp(ts.time, tz=_dt.timezone.utc).isoformat().replace("+00:00", "Z")
-    return {"ts": f"{ts.time},{ts.inc}", "time": when}
+    return None if ts is None else {"ts": position.text(ts), "time": position.iso_time(ts)}
 
 
 def counter_totals(registry: CollectorRegistry, names: Iterable[str]) -> dict[str, float]:
@@ -137,9 +133,8 @@ class RuntimeControls:
                     self.exit_at = None
                 else:
                     try:
-                        parsed = position.parse(str(text))
+                        self.exit_at = position.parse_through(str(text))
                     except ValueError as exc:
                         raise ControlError(f"exit_at: {exc}") from exc
-                    self.exit_at = parsed if "," in str(text) else Timestamp(parsed.time, 0xFFFFFFFF)
             return {"paused": self.paused, "target_delay": self.target_delay,
                     "exit_at": describe_position(self.exit_at)}

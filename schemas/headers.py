@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from bson.timestamp import Timestamp
 
+from kafkashake.oplog import position
+
 FORMAT = "kafkashake.format"
 WIRE_VERSION = "kafkashake.version"
 NAMESPACE = "kafkashake.ns"
@@ -46,7 +48,8 @@ MIXED = "*"
 
 
 def position_text(ts: Timestamp) -> str:
-    return f"{ts.time},{ts.inc}"
+    """`seconds,increment`, as every header holding a position writes it."""
+    return position.text(ts)
 
 
 def parse_position(text: str) -> Timestamp | None:

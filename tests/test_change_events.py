@@ -66,12 +66,12 @@ def test_change_event_replays(event: dict) -> None:
     if kind == "insert":
         assert operation["op"] == "i" and operation["o"] == event["fullDocument"]
     elif kind == "replace":
-        after = apply_update({"_id": event["documentKey"]["_id"], "stale": True}, operation["o"])
+        after = apply_update({"_id": event["documentKey"]["_id"], "stale": True}, operation["o"], operation.get("o_form"))
         assert after == event["fullDocument"], "a replace drops fields absent from the new document"
     else:
         description = event["updateDescription"]
         before = build_preimage(description)
-        after = apply_update(before, operation["o"])
+        after = apply_update(before, operation["o"], operation.get("o_form"))
         for path, value in (description.get("updatedFields") or {}).items():
             assert read(after, components(description, path)) == value
         for path in description.get("removedFields") or []:

@@ -3,7 +3,6 @@ history loss (fail and restart-at-now), DDL with --ddl, and invalidate."""
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 
@@ -14,6 +13,15 @@ from kafkashake.schemas.codec import decode_events
 from test_pipeline import read_topic, wait_equal
 
 pytestmark = pytest.mark.e2e
+
+
+def resume_token(service, task: str = "kafkashake") -> object:
+    saved = client(service)["kafkashake"]["checkpoint"].find_one({"_id": task}) or {}
+    return saved.get("resume_token")
+
+
+def published_events(brokers: str, topic: str) -> int:
+    return sum(len(decode_events(message.value())) for message in read_topic(brokers, topic))
 
 
 def producer_args(source, brokers: str, topic: str, *extra: str) -> list[str]:
@@ -36,9 +44,10 @@ def test_change_stream_replicates_across_a_producer_kill9(source, destination, b
             done.set()
 
     threading.Thread(target=drive, daemon=True).start()
-    time.sleep(1.5)
+    wait_until(lambda: published_events(brokers, topic) >= 100, 120, "the producer published part of the workload")
     producer.kill9()
     producer.start()
+    wait_until(lambda: producer.log().count("producer started") == 2, 60, "the producer started again")
     assert done.wait(300)
     wait_equal(source, destination, "shop")
     assert producer.terminate() == 0 and consumer.terminate() == 0
@@ -50,7 +59,7 @@ def test_restart_neither_skips_nor_repeats(source, brokers, cli) -> None:
     producer = cli(*producer_args(source, brokers, topic, "--format", "bson"), name="producer").start()
     wait_until(lambda: checkpointed(source), 30, "first checkpoint")
     src["shop"]["items"].insert_many([{"_id": i} for i in range(50)])
-    time.sleep(2)
+    wait_until(lambda: len(read_topic(brokers, topic)) >= 50, 60, "the first 50 events published")
     assert producer.terminate() == 0
     saved = src["kafkashake"]["checkpoint"].find_one()
     assert saved["fetch_method"] == "change_stream" and saved["resume_token"] is not None
@@ -79,17 +88,22 @@ def overflow(src) -> None:
     src["shop"]["filler"].insert_many([{"_id": i} for i in range(1200)])
 
 
+def checkpoint_then_lose_history(small, producer) -> None:
+    """The producer checkpoints a change and stops; then the oplog rolls over past its checkpoint."""
+    producer.start()
+    wait_until(lambda: checkpointed(small), 30, "first checkpoint")
+    first_token = resume_token(small)
+    client(small)["shop"]["items"].insert_one({"_id": 1})
+    wait_until(lambda: resume_token(small) != first_token, 30, "the insert checkpointed")
+    assert producer.terminate() == 0
+    overflow(client(small))
+
+
 def test_history_lost_stops_with_exit_3(stack, brokers, cli) -> None:
     small = stack.start_mongo(unique("cs-small"), "--oplog-max-entries", "40")
     try:
         topic = unique("cs-lost")
-        src = client(small)
-        producer = cli(*producer_args(small, brokers, topic), name="producer").start()
-        wait_until(lambda: checkpointed(small), 30, "first checkpoint")
-        src["shop"]["items"].insert_one({"_id": 1})
-        time.sleep(2)
-        assert producer.terminate() == 0
-        overflow(src)
+        checkpoint_then_lose_history(small, cli(*producer_args(small, brokers, topic), name="producer"))
         again = cli(*producer_args(small, brokers, topic), name="producer-again").start()
         assert again.wait(60) == 3
         log = again.log()
@@ -103,12 +117,8 @@ def test_history_lost_restart_at_now_records_the_gap(stack, brokers, cli) -> Non
     try:
         topic = unique("cs-gap")
         src = client(small)
-        producer = cli(*producer_args(small, brokers, topic, "--format", "json"), name="producer").start()
-        wait_until(lambda: checkpointed(small), 30, "first checkpoint")
-        src["shop"]["items"].insert_one({"_id": 1})
-        time.sleep(2)
-        assert producer.terminate() == 0
-        overflow(src)
+        checkpoint_then_lose_history(small, cli(*producer_args(small, brokers, topic, "--format", "json"),
+                                                name="producer"))
         again = cli(*producer_args(small, brokers, topic, "--format", "json", "--on-history-lost", "restart-at-now"),
                     name="producer-again").start()
         wait_until(lambda: "CHANGES IN BETWEEN ARE MISSING" in again.log(), 60, "the gap is logged")
@@ -154,13 +164,12 @@ def test_ddl_events_apply_with_ddl_and_invalidate_does_not_end_the_stream(source
     watcher = cli(*producer_args(source, brokers, coll_topic, "--watch-db", "app", "--watch-coll", "temp",
                                  "--format", "bson", "--name", "temp-watcher"), name="watcher").start()
     wait_until(lambda: checkpointed(source, "temp-watcher"), 30, "checkpoint")
-    time.sleep(1)
     src["app"]["temp"].insert_one({"_id": "before"})
     src["app"]["temp"].drop()
-    time.sleep(1)
-    src["app"]["temp"].insert_one({"_id": "after"})
     def kinds() -> list:
         return [e["operationType"] for m in read_topic(brokers, coll_topic) for e in decode_events(m.value())]
+    wait_until(lambda: "invalidate" in kinds(), 60, "the drop invalidated the stream")
+    src["app"]["temp"].insert_one({"_id": "after"})
     wait_until(lambda: kinds().count("insert") == 2, 60, "the stream continued after invalidate")
     assert "invalidate" in kinds()
     assert watcher.running

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from conftest import client, consumer_args, producer_args, unique, wait_until
-from kafkashake.demo import embedded, workload
+from kafkashake.demo import workload
 from kafkashake.producer.checkpoint import Checkpoint, CheckpointStore, FencedError
 from test_pipeline import wait_equal
 
@@ -44,6 +44,10 @@ class Workload:
         assert not self.errors, self.errors
 
 
+def documents_in(db) -> int:
+    return sum(db[name].estimated_document_count() for name in db.list_collection_names())
+
+
 def round_db(source, round_: int):
     """Each round writes its own database, so rounds with restarted id counters never collide."""
     return client(source)[f"round{round_}"]
@@ -57,9 +61,9 @@ def test_kill9_each_process_five_times_and_every_time_the_destination_catches_up
     for round_ in range(10):
         victim = producer if round_ % 2 == 0 else consumer
         running = Workload(round_db(source, round_)).start(300, seed=round_)
-        time.sleep(0.8)
+        wait_until(lambda: documents_in(client(destination)[f"round{round_}"]) >= 20, 120,
+                   "part of the round replicated")
         victim.kill9()
-        time.sleep(0.3)
         victim.start()
         running.join()
         wait_equal(source, destination, f"round{round_}", timeout=120)
@@ -141,7 +145,7 @@ def test_ha_standby_takes_over_within_the_lease_after_kill9(source, destination,
     consumer = cli(*consumer_args(destination, brokers, topic), name="consumer").start()
     leases = client(source)["kafkashake"]["lease"]
     running = Workload(client(source)["ha"]).start(1500, seed=7)
-    time.sleep(2)
+    wait_until(lambda: documents_in(client(destination)["ha"]) >= 100, 120, "part of the workload replicated")
     first.kill9()
     killed_at = time.monotonic()
     wait_until(lambda: "leading" in second.log(), lease_s + 10, "the standby to take over", interval=0.1)

@@ -176,17 +176,18 @@ def test_kill9_mid_copy_resumes_instead_of_recopying(stack, destination, brokers
 
 
 def test_oplog_too_small_for_the_copy_exits_3_with_sizing_advice(stack, brokers, cli) -> None:
-    small = stack.start_mongo(unique("small-oplog"), "--oplog-max-entries", "40")
+    small = stack.start_mongo(unique("small-oplog"), "--oplog-max-entries", "40", "--enable-test-commands")
     try:
         src: MongoClient = client(small)
-        for start in range(0, 60000, 20000):  # enough that the copy is still running when its progress is first saved
-            src["shop"]["items"].insert_many([{"_id": i} for i in range(start, start + 20000)])
+        src["shop"]["items"].insert_many([{"_id": i} for i in range(20000)])
         topic = unique("too-small")
         args = producer_args(small, brokers, topic, "--sync-mode", "all", "--snapshot-batch-size", "100",
                              "--snapshot-parallel", "1")
+        slow_copy_reads(src, 100)  # 200 reads of 100 ms: the copy outlasts its first progress save on any machine
         producer = cli(*args, name="producer").start()
         wait_until(lambda: copied(copy_state(small)) > 0 or not producer.running, 60, "the copy to start", interval=0.05)
         producer.kill9()
+        slow_copy_reads(src, None)
         assert copy_state(small)["status"] != "complete", "the copy finished before it could be interrupted"
         # Writes while the copy is interrupted roll the captured position out of the oplog
         # (SecantusDB enforces --oplog-max-entries every 1000 oplog writes).

@@ -1,4 +1,4 @@
-"""End to end on real processes: SecantusDB → producer → Tansu → consumer → SecantusDB."""
+"""End to end on real processes: SecantusDB → producer → Apache Kafka → consumer → SecantusDB."""
 from __future__ import annotations
 
 import re
@@ -121,7 +121,8 @@ def test_sigterm_checkpoints_and_restart_resumes_exclusively(source, destination
     producer = cli(*producer_args(source, brokers, topic), name="producer").start()
     wait_until(lambda: checkpointed(source, "kafkashake"), 30, "the start position is checkpointed at once")
     src["shop"]["items"].insert_many([{"_id": i} for i in range(50)])
-    time.sleep(2)
+    wait_until(lambda: sum(len(decode_events(m.value())) for m in read_topic(brokers, topic)) >= 50, 60,
+               "the first 50 events published")
     assert producer.terminate() == 0
     saved = src["kafkashake"]["checkpoint"].find_one({"_id": "kafkashake"})
     assert saved["fetch_method"] == "oplog" and "version" in saved and "updated_at" in saved

@@ -6,6 +6,7 @@ import datetime as dt
 import time
 
 import pytest
+from confluent_kafka import Consumer, TopicPartition
 
 from conftest import checkpointed, client, consumer_args, producer_args, unique, wait_until
 from kafkashake.demo import workload
@@ -74,7 +75,7 @@ def test_target_delay_holds_every_event_until_due(source, destination, brokers, 
     producer = cli(*producer_args(source, brokers, topic, "--format", "raw"), name="producer").start()
     consumer = cli(*consumer_args(destination, brokers, topic, "--target-delay", str(delay)), name="consumer").start()
     wait_until(lambda: checkpointed(source), 30, "first checkpoint")
-    time.sleep(4)  # let the consumer join before the burst
+    wait_until(lambda: "partition assigned" in consumer.log(), 60, "the consumer joined before the burst")
     for i in range(30):
         src["shop"]["burst"].insert_one({"_id": i})
         time.sleep(0.05)
@@ -90,7 +91,7 @@ def test_target_delay_holds_every_event_until_due(source, destination, brokers, 
     assert len(seen) == 30
     early = {i: seen[i] - written[i] for i in seen if seen[i] < written[i] + delay}
     assert not early, f"applied before source time + delay: {early}"
-    late = {i: seen[i] - written[i] for i in seen if seen[i] > written[i] + delay + 2.0}
+    late = {i: seen[i] - written[i] for i in seen if seen[i] > written[i] + delay + 5.0}  # slack for a busy machine
     assert not late, f"applied long after it was due: {late}"
     assert producer.terminate() == 0 and consumer.terminate() == 0
 
@@ -126,11 +127,31 @@ def test_replaying_a_whole_topic_twice_gives_the_same_state(source, destination,
     first = cli(*consumer_args(destination, brokers, topic, "--group", unique("first")), name="first").start()
     wait_equal(source, destination, "shop")
     assert first.terminate() == 0
-    second = cli(*consumer_args(destination, brokers, topic, "--group", unique("second")), name="second").start()
-    wait_until(lambda: "partition assigned" in second.log(), 60, "second replay from offset 0 joined")
-    time.sleep(8)
+    ends = end_offsets(brokers, topic)
+    second_group = unique("second")
+    second = cli(*consumer_args(destination, brokers, topic, "--group", second_group), name="second").start()
+    wait_until(lambda: committed_through(brokers, second_group, ends), 120, "the second replay reached the end")
     wait_equal(source, destination, "shop")
     assert second.terminate() == 0 and producer.terminate() == 0
+
+
+def end_offsets(brokers: str, topic: str, partitions: int = 8) -> dict[TopicPartition, int]:
+    reader = Consumer({"bootstrap.servers": brokers, "group.id": unique("ends")})
+    try:
+        return {TopicPartition(topic, p): reader.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+                for p in range(partitions)}
+    finally:
+        reader.close()
+
+
+def committed_through(brokers: str, group: str, ends: dict[TopicPartition, int]) -> bool:
+    """Whether `group` has committed every partition at least up to `ends`."""
+    reader = Consumer({"bootstrap.servers": brokers, "group.id": group, "enable.auto.commit": False})
+    try:
+        committed = reader.committed(list(ends), timeout=10)
+    finally:
+        reader.close()
+    return all(tp.offset >= ends[TopicPartition(tp.topic, tp.partition)] for tp in committed)
 
 
 def test_exit_at_stops_both_processes_after_everything_up_to_it(source, destination, brokers, cli) -> None:
@@ -139,9 +160,9 @@ def test_exit_at_stops_both_processes_after_everything_up_to_it(source, destinat
     producer = cli(*producer_args(source, brokers, topic), name="producer").start()
     wait_until(lambda: checkpointed(source), 30, "first checkpoint")
     src["shop"]["before"].insert_many([{"_id": i} for i in range(40)])
-    time.sleep(1.5)
-    exit_at = dt.datetime.now(tz=dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    time.sleep(2)
+    last_before = max(entry["ts"] for entry in src["local"]["oplog.rs"].find({"ns": "shop.before"}, {"ts": 1}))
+    exit_at = dt.datetime.fromtimestamp(last_before.time, tz=dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    wait_until(lambda: time.time() >= last_before.time + 1, 10, "the exit point's second is over", interval=0.05)
     src["shop"]["after"].insert_many([{"_id": i} for i in range(40)])
 
     consumer = cli(*consumer_args(destination, brokers, topic, "--exit-at", exit_at), name="consumer").start()

@@ -9,7 +9,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import typer
 from pymongo import MongoClient
 
 from conftest import FAST_GROUP, endpoint_url, unique, wait_until

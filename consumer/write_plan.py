@@ -1,0 +1,95 @@
+"""Planning the writes of one run of one namespace, without touching the destination.
+
+Given the run's events in order and the documents their updates touch as they stand, each event becomes a write
+request: an insert (or, for events that converge, an insert-or-replace), a delete, or a replacement computed in
+memory by applying the update to the document as it stands after the run's earlier events. That reproduces mongod's
+update semantics exactly and shows whether the document existed: an update of a missing document is a conflict, an
+upsert, or (converging) passed over."""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from pymongo import DeleteOne, InsertOne, ReplaceOne
+
+from kafkashake.consumer.conflicts import UPDATE_MISSING, Conflict
+from kafkashake.consumer.dead_letters import UNAPPLICABLE_UPDATE
+from kafkashake.consumer.decoder import Event
+from kafkashake.consumer.document_update import UpdateFormatError, apply_update
+from kafkashake.consumer.settings import ReplayPolicy
+from kafkashake.schemas.partitioning import key_text
+
+_ABSENT: Any = object()
+
+
+@dataclass(slots=True)
+class Write:
+    event: Event
+    document_id: Any
+    key: str
+    request: Any = None
+    replaces_on_duplicate: bool = False
+    tried_again: bool = False
+
+    @classmethod
+    def of(cls, event: Event) -> "Write":
+        fields = event.fields
+        document_id = fields["o2"]["_id"] if event.op == "u" else fields["o"]["_id"]
+        return cls(event, document_id, key_text(document_id))
+
+
+@dataclass
+class Plan:
+    writes: list[Write] = field(default_factory=list)
+    conflicts: list[Conflict] = field(default_factory=list)
+    # (event, reason, error) for updates that cannot be applied to their document
+    unapplicable: list[tuple[Event, str, str]] = field(default_factory=list)
+    passed_over: Counter = field(default_factory=Counter)
+
+
+def ids_to_read(writes: list[Write]) -> list[Any]:
+    """The `_id`s whose documents the run's updates need, each once."""
+    return list({w.key: w.document_id for w in writes if w.event.op == "u"}.values())
+
+
+def plan(writes: list[Write], documents: dict[str, Any], policy: ReplayPolicy) -> Plan:
+    """Write requests for `writes` (in order), given the current documents by `key_text` of their `_id`."""
+    result = Plan()
+    state = dict(documents)
+    for w in writes:
+        op, converges = w.event.op, w.event.converge or w.event.replayed
+        if op == "i":
+            if converges:
+                w.request = ReplaceOne({"_id": w.document_id}, w.event.fields["o"], upsert=True)
+            else:
+                w.request = InsertOne(w.event.fields["o"])
+                w.replaces_on_duplicate = policy.insert_on_dup_update
+        elif op == "d":
+            w.request = DeleteOne({"_id": w.document_id})
+            state[w.key] = _ABSENT
+        else:
+            _plan_update(w, state, policy, result)
+        if w.request is not None:
+            result.writes.append(w)
+    return result
+
+
+def _plan_update(w: Write, state: dict[str, Any], policy: ReplayPolicy, result: Plan) -> None:
+    current = state.get(w.key, _ABSENT)
+    if current is _ABSENT:
+        if w.event.converge or w.event.replayed:  # deleted before the copy read it (or by a later change applied
+            # before a restart); its delete follows
+            result.passed_over["snapshot_overlap" if w.event.converge else "replayed"] += 1
+            return
+        if not policy.upsert:
+            result.conflicts.append(Conflict(UPDATE_MISSING, w.event, None, "no document matches the update's _id"))
+            return
+        current = dict(w.event.fields["o2"])  # what an upsert of this update would start from
+    try:
+        updated = apply_update(current, w.event.fields["o"], w.event.fields.get("o_form"))
+    except UpdateFormatError as exc:
+        result.unapplicable.append((w.event, UNAPPLICABLE_UPDATE, f"cannot apply the update: {exc}"))
+        return
+    state[w.key] = updated
+    w.request = ReplaceOne({"_id": w.document_id}, updated, upsert=policy.upsert)

@@ -1,0 +1,137 @@
+"""Unit tests of the stages between the servers: the producer's acknowledgement tracker, the consumer's write
+planning, the copy-overlap marking and how update reads are cut into finds. No servers."""
+from __future__ import annotations
+
+import bson
+from bson import Int64, Timestamp
+from pymongo import DeleteOne, InsertOne, ReplaceOne
+
+from kafkashake.consumer import applier
+from kafkashake.consumer.conflicts import UPDATE_MISSING
+from kafkashake.consumer.dead_letters import UNAPPLICABLE_UPDATE
+from kafkashake.consumer.decoder import Event
+from kafkashake.consumer.gates import CopyOverlap
+from kafkashake.consumer.intake import Received
+from kafkashake.consumer.settings import ReplayPolicy
+from kafkashake.consumer.write_plan import Write, ids_to_read, plan
+from kafkashake.producer.acknowledgements import AckQueue
+from kafkashake.schemas import snapshot
+from kafkashake.schemas.partitioning import key_text
+
+
+# ------------------------------------------------------------------------------------------ acknowledgements
+
+
+def test_ack_queue_settles_only_a_fully_acknowledged_prefix() -> None:
+    queue: AckQueue[str] = AckQueue()
+    first, second, third = queue.add("a", expected=2), queue.add("b"), queue.add("c", expected=0)
+    second.acknowledge()
+    assert queue.settle() == [] and queue.oldest() == "a"
+    first.acknowledge()
+    assert queue.settle() == []
+    first.acknowledge()
+    assert queue.settle() == ["a", "b", "c"] and len(queue) == 0 and queue.oldest() is None
+    assert third.remaining == 0
+
+
+def test_ack_queue_holds_later_values_behind_an_unacknowledged_one() -> None:
+    queue: AckQueue[int] = AckQueue()
+    slots = [queue.add(n) for n in range(5)]
+    for slot in slots[1:]:
+        slot.acknowledge()
+    assert queue.settle() == [] and len(queue) == 5
+    slots[0].acknowledge()
+    assert queue.settle() == [0, 1, 2, 3, 4]
+
+
+# ------------------------------------------------------------------------------------------ write planning
+
+
+def _event(op: str, document_id: object, offset: int, o: dict | None = None, **flags: bool) -> Event:
+    fields: dict = {"op": op, "ns": "db.c", "ts": Timestamp(100, offset)}
+    if op == "u":
+        fields.update(o2={"_id": document_id}, o=o or {"$v": 2, "diff": {"u": {"n": offset}}})
+    else:
+        fields["o"] = o if o is not None else {"_id": document_id, "n": offset}
+    event = Event(fields, "t", 0, offset)
+    event.converge = flags.get("converge", False)
+    event.replayed = flags.get("replayed", False)
+    return event
+
+
+def _writes(*events: Event) -> list[Write]:
+    return [Write.of(event) for event in events]
+
+
+def test_updates_are_applied_in_memory_in_order_over_the_documents_read() -> None:
+    writes = _writes(_event("u", 1, 1), _event("u", 1, 2), _event("u", Int64(2), 3))
+    assert ids_to_read(writes) == [1, Int64(2)]
+    current = {key_text(1): {"_id": 1, "n": 0, "keep": True}, key_text(2): {"_id": 2, "n": 0}}
+    result = plan(writes, current, ReplayPolicy())
+    requests = [w.request for w in result.writes]
+    assert requests == [ReplaceOne({"_id": 1}, {"_id": 1, "n": 1, "keep": True}, upsert=False),
+                        ReplaceOne({"_id": 1}, {"_id": 1, "n": 2, "keep": True}, upsert=False),
+                        ReplaceOne({"_id": Int64(2)}, {"_id": 2, "n": 3}, upsert=False)]
+    assert current[key_text(1)]["n"] == 0, "the documents read are not modified"
+    assert not result.conflicts and not result.unapplicable
+
+
+def test_an_update_of_a_missing_document_is_a_conflict_an_upsert_or_passed_over() -> None:
+    missing = _writes(_event("u", "x", 1))
+    assert plan(missing, {}, ReplayPolicy()).conflicts[0].kind == UPDATE_MISSING
+    upserted = plan(_writes(_event("u", "x", 1)), {}, ReplayPolicy(upsert=True))
+    assert upserted.writes[0].request == ReplaceOne({"_id": "x"}, {"_id": "x", "n": 1}, upsert=True)
+    converging = plan(_writes(_event("u", "x", 1, converge=True)), {}, ReplayPolicy())
+    replayed = plan(_writes(_event("u", "x", 1, replayed=True)), {}, ReplayPolicy())
+    assert not converging.writes and converging.passed_over == {"snapshot_overlap": 1}
+    assert not replayed.writes and replayed.passed_over == {"replayed": 1}
+
+
+def test_a_delete_in_the_run_makes_a_later_update_miss() -> None:
+    writes = _writes(_event("d", 1, 1), _event("u", 1, 2))
+    result = plan(writes, {key_text(1): {"_id": 1, "n": 0}}, ReplayPolicy())
+    assert [w.request for w in result.writes] == [DeleteOne({"_id": 1})]
+    assert [c.kind for c in result.conflicts] == [UPDATE_MISSING]
+
+
+def test_inserts_converge_only_when_marked_and_may_replace_on_duplicate() -> None:
+    plain, converging = plan(_writes(_event("i", 1, 1), _event("i", 2, 2, converge=True)), {},
+                             ReplayPolicy(insert_on_dup_update=True)).writes
+    assert plain.request == InsertOne({"_id": 1, "n": 1}) and plain.replaces_on_duplicate
+    assert converging.request == ReplaceOne({"_id": 2}, {"_id": 2, "n": 2}, upsert=True)
+
+
+def test_an_update_that_cannot_apply_to_its_document_is_reported_for_the_dead_letter_topic() -> None:
+    bad = _event("u", 1, 1, o={"$v": 2, "diff": {"x": {"a": 1}}})
+    result = plan(_writes(bad), {key_text(1): {"_id": 1, "a": "not an array"}}, ReplayPolicy())
+    assert not result.writes
+    assert [(event.offset, reason) for event, reason, _ in result.unapplicable] == [(1, UNAPPLICABLE_UPDATE)]
+
+
+def test_update_reads_are_cut_by_count_and_by_size() -> None:
+    assert applier.id_chunks([]) == []
+    many = list(range(applier.FETCH_MAX_IDS * 2 + 1))
+    assert [len(chunk) for chunk in applier.id_chunks(many)] == [applier.FETCH_MAX_IDS] * 2 + [1]
+    large = ["x" * (3 * 1024 * 1024)] * 5
+    chunks = applier.id_chunks(large)
+    assert [len(chunk) for chunk in chunks] == [2, 2, 1]
+    assert all(sum(len(bson.encode({"_id": i})) for i in chunk) <= applier.FETCH_MAX_ID_BYTES for chunk in chunks)
+
+
+# ------------------------------------------------------------------------------------------ copy overlap
+
+
+def test_changes_up_to_the_copys_end_converge_and_later_ones_do_not() -> None:
+    overlap = CopyOverlap()
+    copied = _event("i", 1, 1, o={"_id": 1})
+    copied.fields[snapshot.FIELD] = True
+    during = _event("u", 1, 5)
+    after = _event("u", 1, 9)
+    overlap.mark(_received([copied]))
+    overlap.until[("t", 0)] = Timestamp(100, 5)
+    overlap.mark(_received([during, after]))
+    assert [copied.converge, during.converge, after.converge] == [True, True, False]
+
+
+def _received(events: list[Event]) -> Received:
+    return Received("t", 0, 0, 0, None, None, [], {}, events)
