@@ -1,4 +1,4 @@
-"""The `kafkashake` command: `producer run`, `consumer run`, `inspect`, `status`, `healthcheck` and `demo`.
+"""The `kafkashake` command: `producer run`, `consumer run`, `verify`, `inspect`, `status`, `healthcheck` and `demo`.
 
 Options are declared as tables (kafkashake.options, producer_command, consumer_command); this module only wires
 them to commands, turns them into settings, and runs the process. Invalid configuration exits with code 2 and names
@@ -14,7 +14,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from kafkashake import consumer_command, options, producer_command
+from kafkashake import consumer_command, options, producer_command, verify_command
 from kafkashake.options import Opt
 from kafkashake.runtime import logs, secrets
 from kafkashake.runtime.errors import EXIT_FATAL, FatalError
@@ -153,6 +153,35 @@ def inspect(**values: Any) -> None:
 
 
 app.command("inspect")(options.with_options(inspect, INSPECT, options.KAFKA))
+
+
+def verify(**values: Any) -> None:
+    """Compare the destination with the source: every replicated namespace's collection, document count, indexes
+    and documents, exactly as BSON. With --live, differences still in flight are rechecked and not reported.
+
+    Exit codes: 0 equal; 1 persistent differences; 2 invalid options; 3 the check could not finish."""
+    from kafkashake.oplog.namespaces import NamespaceMap
+
+    try:
+        NamespaceMap.parse(values["transform_namespace"])
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="'--transform-namespace'") from exc
+    options.namespace_filter(values["filter_namespace_white"], values["filter_namespace_black"])
+    options.uri_from(values["source_uri"], values["source_uri_file"], "--source-uri")
+    options.uri_from(values["dest_uri"], values["dest_uri_file"], "--dest-uri")
+    if values["every"] is not None and values["metrics_port"] is None:
+        raise typer.BadParameter("--every serves its results on --metrics-port: give one", param_hint="'--every'")
+    secrets.install(secrets.Redactor())
+    logs.configure("text", "warning")
+    publish = (verify_command.metrics_sink(values["metrics_port"]) if values["metrics_port"] is not None
+               else lambda run: None)
+    try:
+        raise typer.Exit(verify_command.run_verify(values, publish))
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+
+
+app.command("verify")(options.with_options(verify, verify_command.OPTIONS))
 
 
 @app.command("status")

@@ -98,7 +98,8 @@ def test_bad_uri_is_refused_without_printing_the_password() -> None:
 
 
 def test_help_lists_every_command() -> None:
-    for args in (["--help"], ["producer", "run", "--help"], ["consumer", "run", "--help"], ["demo", "--help"]):
+    for args in (["--help"], ["producer", "run", "--help"], ["consumer", "run", "--help"], ["demo", "--help"],
+                 ["verify", "--help"]):
         result = run_cli(args, env={"COLUMNS": "250"})
         assert result.exit_code == 0
     producer_help = run_cli(["producer", "run", "--help"], env={"COLUMNS": "250"}).output

@@ -33,3 +33,4 @@ def test_the_demo_runs_on_its_embedded_stand_ins_and_verifies() -> None:
                             text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "OK: destination equals source" in result.stdout
+    assert "EQUAL: 1 namespaces" in result.stdout or "EQUAL:" in result.stdout, "the demo ends with kafkashake verify"

@@ -137,6 +137,8 @@ def run_demo(operations: int, keep_running: bool = False) -> int:
             print("MISMATCH: the destination does not equal the source:")
             print("\n".join(problems[:20]))
             return 1
+        if _verify(source_uri, dest_uri) != 0:
+            return 1
         counts = {name: len(docs) for name, docs in workload.snapshot(destination).items()}
         print(f"OK: destination equals source (every value and BSON type) after {writes.issued} operations in "
               f"{time.monotonic() - started:.1f} s ({', '.join(f'{n}: {c} docs' for n, c in counts.items())})")
@@ -154,6 +156,14 @@ def run_demo(operations: int, keep_running: bool = False) -> int:
     finally:
         _stop(processes)
         stack.close()
+
+
+def _verify(source_uri: str, dest_uri: str) -> int:
+    """The final check, as a user would run it (field order aside: the embedded server does not keep it)."""
+    command = [sys.executable, "-m", "kafkashake", "verify", "--source-uri", source_uri, "--dest-uri", dest_uri,
+               "--filter-namespace-white", DEMO_DB, "--ignore-field-order"]
+    print("$ kafkashake verify --filter-namespace-white demo --ignore-field-order", flush=True)
+    return subprocess.run(command, timeout=600).returncode
 
 
 def _stop(processes: list[subprocess.Popen]) -> None:
