@@ -19,6 +19,7 @@ from bson import CodecOptions, Decimal128, ObjectId, Regex, Timestamp
 from bson.binary import Binary, UuidRepresentation
 from bson.codec_options import DatetimeConversion
 from bson.code import Code
+from bson.dbref import DBRef
 from bson.datetime_ms import DatetimeMS
 from bson.max_key import MaxKey
 from bson.min_key import MinKey
@@ -33,8 +34,12 @@ EXACT = CodecOptions(document_class=dict, tz_aware=True, uuid_representation=Uui
 RAW = CodecOptions(document_class=RawBSONDocument, uuid_representation=UuidRepresentation.UNSPECIFIED)
 SYSTEM_DATABASES = frozenset({"admin", "local", "config"})
 # Index options that describe how the index was built or stored rather than what it enforces.
-INDEX_BOOKKEEPING = frozenset({"v", "ns", "background"})
+INDEX_BOOKKEEPING = frozenset({"v", "ns", "background", "textIndexVersion", "2dsphereIndexVersion"})
 MAX_REPORTED = 100
+# Binary order of strings, whatever collation the collection has by default.
+SIMPLE = {"locale": "simple"}
+# Differences kept for --live to recheck; beyond this a namespace's differences are reported without a recheck.
+MAX_KEPT = 100_000
 
 
 @dataclass(frozen=True)
@@ -55,6 +60,7 @@ class NamespaceResult:
     ns: str
     dest_ns: str
     exists: bool = True
+    source_exists: bool = True
     source_count: int = 0
     dest_count: int = 0
     compared: int = 0
@@ -63,6 +69,9 @@ class NamespaceResult:
     extra: int = 0
     different: int = 0
     documents_checked: bool = False
+    # Differences still changing on the source after every live recheck round: neither confirmed nor in flight.
+    unsettled: int = 0
+    unsettled_note: str = ""
     index_problems: list[str] = field(default_factory=list)
     differences: list[Difference] = field(default_factory=list)
 
@@ -70,12 +79,23 @@ class NamespaceResult:
     def ok(self) -> bool:
         """Equal: with documents compared, no difference among them (counts read at other moments may differ
         while replication runs); otherwise equal counts."""
-        return (self.exists and not self.index_problems and not (self.missing or self.extra or self.different)
+        return (self.exists and self.source_exists and not self.index_problems and not (self.missing or self.extra or self.different)
                 and (self.documents_checked or self.source_count == self.dest_count))
+
+    @property
+    def confirmed(self) -> bool:
+        """Whether something differs for certain (not only documents still changing on the source)."""
+        return (not self.exists or not self.source_exists or bool(self.index_problems)
+                or self.missing + self.extra + self.different > self.unsettled
+                or (not self.documents_checked and self.source_count != self.dest_count))
+
+    @property
+    def all_kept(self) -> bool:
+        return self.missing + self.extra + self.different <= MAX_KEPT
 
     def record(self, difference: Difference) -> None:
         setattr(self, difference.kind, getattr(self, difference.kind) + 1)
-        if len(self.differences) < MAX_REPORTED:
+        if len(self.differences) < MAX_KEPT:
             self.differences.append(difference)
 
 
@@ -97,6 +117,25 @@ def replicated_namespaces(source: Any, namespaces: NamespaceFilter, transform: N
     return sorted(pairs)
 
 
+def destination_only(dest: Any, pairs: list[tuple[str, str]], namespaces: NamespaceFilter,
+                     own_databases: set[str]) -> list[str]:
+    """Destination collections in scope (allowed by the filters, or in a database the replicated namespaces map
+    to) that no source collection maps to: a drop that never arrived, or a stray write."""
+    targets = {dest_ns for _, dest_ns in pairs}
+    target_databases = {dest_ns.partition(".")[0] for dest_ns in targets}
+    found = []
+    for database in sorted(dest.list_database_names()):
+        if database in SYSTEM_DATABASES or database in own_databases:
+            continue
+        for info in dest[database].list_collections(filter={"type": {"$ne": "view"}}):
+            ns = f"{database}.{info['name']}"
+            if info["name"].startswith("system.") or ns in targets:
+                continue
+            if namespaces.allows(ns) or database in target_databases:
+                found.append(ns)
+    return sorted(found)
+
+
 def collection_of(client: Any, ns: str, codec: CodecOptions = RAW) -> Collection:
     database, _, name = ns.partition(".")
     return Database(client, database).get_collection(name, codec_options=codec)
@@ -110,29 +149,32 @@ def exists(client: Any, ns: str) -> bool:
 # ---------------------------------------------------------------------------------------------- indexes
 
 
-def index_specs(collection: Collection) -> dict[tuple, dict[str, Any]]:
-    """Indexes by their keys (names may differ between tools), each with the options that change what it does."""
-    specs = {}
+def index_specs(collection: Collection) -> dict[tuple, list[dict[str, Any]]]:
+    """Indexes by their keys (names may differ between tools), each key with the options of every index on it
+    (MongoDB allows several on one key when their collations or partial filters differ)."""
+    specs: dict[tuple, list[dict[str, Any]]] = {}
     for index in collection.list_indexes():
         key = tuple((name, _direction(value)) for name, value in index["key"].items())
-        specs[key] = {name: value for name, value in index.items()
-                      if name not in INDEX_BOOKKEEPING and name not in ("key", "name")}
+        specs.setdefault(key, []).append({name: value for name, value in index.items()
+                                          if name not in INDEX_BOOKKEEPING and name not in ("key", "name")})
     return specs
 
 
 def compare_indexes(source: Collection, dest: Collection) -> list[str]:
     wanted, present = index_specs(source), index_specs(dest)
     problems = []
-    for key, options in wanted.items():
-        shown = ", ".join(f"{name}: {direction!r}" for name, direction in key)
-        if key not in present:
-            problems.append(f"index {{{shown}}} missing on the destination")
-        elif present[key] != options:
-            problems.append(f"index {{{shown}}} has options {_plain(present[key])} on the destination, "
-                            f"{_plain(options)} on the source")
-    for key in present.keys() - wanted.keys():
-        shown = ", ".join(f"{name}: {direction!r}" for name, direction in key)
-        problems.append(f"index {{{shown}}} exists only on the destination")
+    for key in sorted(wanted.keys() | present.keys(), key=repr):
+        shown = "{" + ", ".join(f"{name}: {direction!r}" for name, direction in key) + "}"
+        left, right = wanted.get(key, []), present.get(key, [])
+        missing = [options for options in left if options not in right]
+        extra = [options for options in right if options not in left]
+        if len(missing) == 1 and len(extra) == 1:
+            problems.append(f"index {shown} has options {missing[0]} on the source, {extra[0]} on the destination")
+            continue
+        problems += [f"index {shown} {options or ''} missing on the destination".replace("  ", " ")
+                     for options in missing]
+        problems += [f"index {shown} {options or ''} exists only on the destination".replace("  ", " ")
+                     for options in extra]
     return problems
 
 
@@ -144,25 +186,68 @@ def _direction(value: Any) -> Any:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    return value
-
-
 def canonical(raw: bytes, ignore_field_order: bool) -> bytes:
-    """The document's bytes; with `ignore_field_order`, re-encoded with every embedded document's fields sorted."""
-    if not ignore_field_order:
-        return raw
-    return bson.encode(_sorted(bson.decode(raw, EXACT)), codec_options=EXACT)
+    """The document's bytes; with `ignore_field_order`, every embedded document's elements sorted by name (stably,
+    so duplicate names stay; arrays keep their order), without decoding a value."""
+    return sorted_fields(raw) if ignore_field_order else raw
 
 
-def _sorted(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {name: _sorted(value[name]) for name in sorted(value)}
-    if isinstance(value, list):
-        return [_sorted(item) for item in value]
-    return value
+def _element_end(raw: bytes, at: int) -> tuple[int, int, int]:
+    """(end of the element name, start of its value, end of its value) for the element at `at`."""
+    kind = raw[at]
+    name_end = raw.index(b"\x00", at + 1)
+    start = name_end + 1
+    if kind in FIXED_SIZES:
+        return name_end, start, start + FIXED_SIZES[kind]
+    if kind in (0x02, 0x0D, 0x0E):
+        return name_end, start, start + 4 + _int32(raw, start)
+    if kind in (0x03, 0x04, 0x0F):
+        return name_end, start, start + _int32(raw, start)
+    if kind == 0x05:
+        return name_end, start, start + 5 + _int32(raw, start)
+    if kind == 0x0B:
+        return name_end, start, raw.index(b"\x00", raw.index(b"\x00", start) + 1) + 1
+    if kind == 0x0C:
+        return name_end, start, start + 4 + _int32(raw, start) + 12
+    raise ValueError(f"unknown BSON element type 0x{kind:02x}")
+
+
+FIXED_SIZES = {0x01: 8, 0x06: 0, 0x07: 12, 0x08: 1, 0x09: 8, 0x0A: 0, 0x10: 4, 0x11: 8, 0x12: 8, 0x13: 16,
+               0xFF: 0, 0x7F: 0}
+
+
+def _int32(raw: bytes, at: int) -> int:
+    return int.from_bytes(raw[at:at + 4], "little", signed=True)
+
+
+def elements(raw: bytes) -> Iterator[tuple[bytes, int, bytes]]:
+    """(name, type, whole element bytes) of each element of a document or array, in order."""
+    at, end = 4, _int32(raw, 0) - 1
+    while at < end:
+        name_end, start, stop = _element_end(raw, at)
+        yield raw[at + 1:name_end], raw[at], raw[at:stop]
+        at = stop
+
+
+def sorted_fields(raw: bytes, is_array: bool = False) -> bytes:
+    parts = []
+    for name, kind, element in elements(raw):
+        if kind in (0x03, 0x04):
+            header = element[:len(name) + 2]
+            element = header + sorted_fields(element[len(header):], is_array=kind == 0x04)
+        parts.append((name, element))
+    if not is_array:
+        parts.sort(key=lambda part: part[0])
+    body = b"".join(element for _, element in parts)
+    return (len(body) + 5).to_bytes(4, "little") + body + b"\x00"
+
+
+def document_id(raw: bytes) -> Any:
+    """The `_id` of a raw document, decoding only that element."""
+    for name, _, element in elements(raw):
+        if name == b"_id":
+            return bson.decode((len(element) + 5).to_bytes(4, "little") + element + b"\x00", EXACT)["_id"]
+    raise ValueError("a document without _id")
 
 
 def first_difference(source: Any, dest: Any, path: str = "") -> tuple[str, Any, Any] | None:
@@ -211,6 +296,10 @@ def id_order(value: Any) -> tuple:
         return (5,)
     if isinstance(value, bool):
         return (40, value)
+    if isinstance(value, Code):
+        return (60 if value.scope is None else 65, str(value).encode())
+    if isinstance(value, DBRef):
+        return id_order(value.as_doc())
     if isinstance(value, (int, float, Decimal128)):
         number = value.to_decimal() if isinstance(value, Decimal128) else Decimal(value)
         return (_NUMBER, 0) if number.is_nan() else (_NUMBER, 1, number)
@@ -232,12 +321,17 @@ def id_order(value: Any) -> tuple:
     if isinstance(value, Timestamp):
         return (47, value.time, value.inc)
     if isinstance(value, (Regex, re.Pattern)):
-        return (50, str(value.pattern), str(value.flags))
-    if isinstance(value, Code):
-        return (60, str(value))
+        return (50, str(value.pattern).encode(), _regex_flags(value.flags))
     if isinstance(value, MaxKey):
         return (100,)
     raise ValueError(f"an _id of type {type(value).__name__} cannot be ordered")
+
+
+def _regex_flags(flags: Any) -> bytes:
+    if isinstance(flags, str):
+        return flags.encode()
+    return "".join(letter for letter, bit in (("i", re.I), ("l", re.L), ("m", re.M), ("s", re.S), ("u", re.U),
+                                              ("x", re.X)) if flags & bit).encode()
 
 
 # ---------------------------------------------------------------------------------------------- documents
@@ -253,16 +347,16 @@ class Doc:
 def documents(collection: Collection, count_bytes: Callable[[int], None]) -> Iterator[Doc]:
     """Every document in `_id` order; refuses to go on if the server's order is not MongoDB's."""
     previous: tuple | None = None
-    for document in collection.find({}, sort=[("_id", 1)], batch_size=1000):
+    for document in collection.find({}, sort=[("_id", 1)], batch_size=1000, collation=SIMPLE):
         raw = bytes(document.raw)
         count_bytes(len(raw))
-        document_id = bson.decode(raw, EXACT)["_id"]
-        order = id_order(document_id)
+        identity = document_id(raw)
+        order = id_order(identity)
         if previous is not None and order <= previous:
-            raise RuntimeError(f"{collection.full_name} returned _id {document_id!r} out of _id order; "
+            raise RuntimeError(f"{collection.full_name} returned _id {identity!r} out of MongoDB's _id order; "
                                "cannot compare it by ranges")
         previous = order
-        yield Doc(document_id, order, raw)
+        yield Doc(identity, order, raw)
 
 
 def ranges(source: Iterator[Doc], dest: Iterator[Doc], size: int) -> Iterator[tuple[list[Doc], list[Doc]]]:
@@ -322,9 +416,11 @@ def compare_range(result: NamespaceResult, left: list[Doc], right: list[Doc], ig
 def compare_documents(source: bytes, dest: bytes, ignore_field_order: bool) -> tuple[str, Any, Any] | None:
     if canonical(source, ignore_field_order) == canonical(dest, ignore_field_order):
         return None
-    left, right = bson.decode(source, EXACT), bson.decode(dest, EXACT)
-    if ignore_field_order:
-        left, right = _sorted(left), _sorted(right)
+    try:
+        left = bson.decode(canonical(source, ignore_field_order), EXACT)
+        right = bson.decode(canonical(dest, ignore_field_order), EXACT)
+    except (bson.errors.InvalidBSON, ValueError):  # e.g. invalid UTF-8 in a string: the bytes differ, that is all
+        return "(bytes)", len(source), len(dest)
     return first_difference(left, right) or ("(bytes)", len(source), len(dest))
 
 

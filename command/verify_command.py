@@ -6,6 +6,7 @@ Exit codes: 0 equal; 1 persistent differences; 2 invalid options; 3 the check co
 reach, or --live waited --live-timeout-seconds for the consumer)."""
 from __future__ import annotations
 
+import datetime as dt
 import enum
 import json
 import sys
@@ -19,7 +20,6 @@ import bson
 from bson import json_util
 from bson.timestamp import Timestamp
 from pymongo import MongoClient
-from pymongo.errors import PyMongoError
 
 from kafkashake import options, verification
 from kafkashake.oplog import position
@@ -29,9 +29,12 @@ from kafkashake.runtime import mongo
 from kafkashake.runtime.secrets import redact
 from kafkashake.verification import Difference, NamespaceResult
 
-EXIT_EQUAL, EXIT_DIFFERENT, EXIT_INCOMPLETE = 0, 1, 3
+EXIT_EQUAL, EXIT_DIFFERENT, EXIT_OPTIONS, EXIT_INCOMPLETE = 0, 1, 2, 3
 PROGRESS_EVERY_S = 2.0
 LIVE_POLL_S = 0.5
+RECHECK_ROUNDS = 5
+# A consumer checkpoint not written for this long belongs to a partition nobody consumes any more (an old topic).
+STALE_CHECKPOINT_S = 600
 
 
 class Mode(str, enum.Enum):
@@ -94,6 +97,12 @@ class Verification:
     def equal(self) -> bool:
         return all(result.ok for result in self.results)
 
+    @property
+    def exit_code(self) -> int:
+        if self.equal:
+            return EXIT_EQUAL
+        return EXIT_DIFFERENT if any(result.confirmed for result in self.results) else EXIT_INCOMPLETE
+
 
 class Progress:
     """Documents compared per second, percent and ETA, on stderr, at most every two seconds."""
@@ -149,17 +158,29 @@ def verify_namespace(source: MongoClient, dest: MongoClient, ns: str, dest_ns: s
     return result
 
 
+class NothingToCompare(Exception):
+    pass
+
+
 def verify_once(source: MongoClient, dest: MongoClient, values: dict[str, Any]) -> Verification:
     run = Verification(values["mode"], values["range_size"], values["ignore_field_order"])
-    namespaces = verification.replicated_namespaces(
-        source, options.namespace_filter(values["filter_namespace_white"], values["filter_namespace_black"]),
-        NamespaceMap.parse(values["transform_namespace"]), {values["checkpoint_db"], "kafkashake_conflict"})
+    scope = options.namespace_filter(values["filter_namespace_white"], values["filter_namespace_black"])
+    own = {values["checkpoint_db"], "kafkashake_conflict"}
+    namespaces = verification.replicated_namespaces(source, scope, NamespaceMap.parse(values["transform_namespace"]),
+                                                    own)
+    strays = verification.destination_only(dest, namespaces, scope, own)
+    if not namespaces and not strays and values["filter_namespace_white"]:
+        raise NothingToCompare(f"no collection on either side matches --filter-namespace-white "
+                               f"{values['filter_namespace_white']!r}")
     total = sum(verification.collection_of(source, ns).estimated_document_count() for ns, _ in namespaces)
     progress = Progress(total, quiet=values["output"] is Output.JSON)
     for ns, dest_ns in namespaces:
         run.results.append(verify_namespace(source, dest, ns, dest_ns, run, progress))
+    for dest_ns in strays:
+        run.results.append(NamespaceResult(dest_ns, dest_ns, source_exists=False,
+                                           dest_count=verification.collection_of(dest, dest_ns).count_documents({})))
     if values["live"] and not run.equal:
-        recheck_live(source, dest, run, values)
+        recheck_live(source, dest, run, values, progress)
     return run
 
 
@@ -175,7 +196,9 @@ def newest_source_position(source: MongoClient) -> Timestamp:
 
 def consumer_applied_through(dest: MongoClient, checkpoint_db: str, group: str | None) -> Timestamp | None:
     """Everything at or before this source position is applied in every partition of the consumer group."""
-    checkpoints = list(dest[checkpoint_db]["consumer_checkpoint"].find({} if group is None else {"group": group}))
+    fresh = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None) - dt.timedelta(seconds=STALE_CHECKPOINT_S)
+    checkpoints = list(dest[checkpoint_db]["consumer_checkpoint"].find(
+        {"updated_at": {"$gte": fresh}, **({} if group is None else {"group": group})}))
     groups = {document.get("group") for document in checkpoints}
     if not checkpoints:
         raise RuntimeError(f"no consumer checkpoint in {checkpoint_db}.consumer_checkpoint"
@@ -190,35 +213,55 @@ def consumer_applied_through(dest: MongoClient, checkpoint_db: str, group: str |
     return min(watermarks)
 
 
-def recheck_live(source: MongoClient, dest: MongoClient, run: Verification, values: dict[str, Any]) -> None:
+def recheck_live(source: MongoClient, dest: MongoClient, run: Verification, values: dict[str, Any],
+                 progress: Progress) -> None:
     """Recheck each difference once the consumer has applied past the source's position after reading the
     source's document: it was in flight if the destination now holds that document (or the source's newer one);
-    it persists if it still differs while the source's document stayed the same."""
+    it persists if it still differs while the source's document stayed the same. A document that changes on the
+    source in every one of RECHECK_ROUNDS rounds is reported as unsettled."""
     started = time.monotonic()
     deadline = started + values["live_timeout_seconds"]
-    ignoring = run.ignore_field_order
-    for result in run.results:
-        if result.ok or not result.exists:
+    _wait_for_consumer(dest, values, newest_source_position(source), deadline)
+    for index, result in enumerate(run.results):
+        if not result.exists or not result.source_exists:  # a collection created or dropped in flight?
+            if not (verification.exists(source, result.ns) and verification.exists(dest, result.dest_ns)):
+                continue
+            result = run.results[index] = verify_namespace(source, dest, result.ns, result.dest_ns, run, progress)
+        if result.ok:
             continue
-        pending = {_id_key(d.id): d for d in result.differences}
-        confirmed: list[Difference] = []
-        while pending:
-            before = {key: _raw(source, result.ns, d.id) for key, d in pending.items()}
-            _wait_for_consumer(dest, values, newest_source_position(source), deadline)
-            for key, difference in list(pending.items()):
-                run.rechecked += 1
-                now_source, now_dest = _raw(source, result.ns, difference.id), _raw(dest, result.dest_ns, difference.id)
-                if _same(now_source, now_dest, ignoring) or _same(before[key], now_dest, ignoring):
-                    result.equal += difference.kind == "different"
-                    del pending[key]
-                elif now_source == before[key]:
-                    confirmed.append(_difference(result.ns, difference.id, now_source, now_dest, ignoring))
-                    del pending[key]
-        _replace_differences(result, confirmed)
+        if not result.all_kept:
+            result.unsettled_note = f"over {verification.MAX_KEPT:,} differences: reported without a recheck"
+            continue
+        _recheck_documents(source, dest, run, result, values, deadline)
     run.waited_s = round(time.monotonic() - started, 1)
 
 
+def _recheck_documents(source: MongoClient, dest: MongoClient, run: Verification, result: NamespaceResult,
+                       values: dict[str, Any], deadline: float) -> None:
+    ignoring = run.ignore_field_order
+    pending = {_id_key(d.id): d for d in result.differences}
+    confirmed: list[Difference] = []
+    for _ in range(RECHECK_ROUNDS):
+        if not pending:
+            break
+        before = {key: _raw(source, result.ns, d.id) for key, d in pending.items()}
+        _wait_for_consumer(dest, values, newest_source_position(source), deadline)
+        for key, difference in list(pending.items()):
+            run.rechecked += 1
+            now_source, now_dest = _raw(source, result.ns, difference.id), _raw(dest, result.dest_ns, difference.id)
+            if _same(now_source, now_dest, ignoring) or _same(before[key], now_dest, ignoring):
+                result.equal += difference.kind == "different"
+                del pending[key]
+            elif now_source == before[key]:
+                confirmed.append(_difference(result.ns, difference.id, now_source, now_dest, ignoring))
+                del pending[key]
+    result.unsettled = len(pending)
+    _replace_differences(result, confirmed + list(pending.values()))
+
+
 def _wait_for_consumer(dest: MongoClient, values: dict[str, Any], seen_at: Timestamp, deadline: float) -> None:
+    if time.monotonic() > deadline:
+        raise TimeoutError(f"--live-timeout-seconds ({values['live_timeout_seconds']:.0f} s) passed while rechecking")
     while True:
         applied = consumer_applied_through(dest, values["checkpoint_db"], values["group"])
         if applied is not None and applied >= seen_at:
@@ -276,12 +319,22 @@ def text_report(run: Verification) -> Iterator[str]:
         if not result.exists:
             yield f"{target}: MISSING on the destination ({result.source_count} documents on the source)"
             continue
+        if not result.source_exists:
+            yield f"{target}: EXTRA on the destination ({result.dest_count} documents; no source collection maps to it)"
+            continue
         state = "equal" if result.ok else "DIFFERENT"
         yield (f"{target}: {state}; source {result.source_count} documents, destination {result.dest_count}; "
                f"compared {result.compared}, equal {result.equal}, missing {result.missing}, extra {result.extra}, "
                f"different {result.different}")
         yield from (f"  {problem}" for problem in result.index_problems)
-        for d in result.differences:
+        if result.unsettled:
+            yield (f"  {result.unsettled} of these changed on the source in each of {RECHECK_ROUNDS} rechecks: "
+                   "unsettled, check again")
+        if result.unsettled_note:
+            yield f"  {result.unsettled_note}"
+        if len(result.differences) > verification.MAX_REPORTED:
+            yield f"  (the first {verification.MAX_REPORTED} of {len(result.differences)} shown)"
+        for d in result.differences[:verification.MAX_REPORTED]:
             where = f"  {d.kind} _id {shown(d.id)}"
             yield where if d.kind != "different" else f"{where} at {d.path}: source {shown(d.source_value)}, " \
                                                       f"destination {shown(d.dest_value)}"
@@ -299,7 +352,8 @@ def json_report(run: Verification) -> str:
         "equal": run.equal, "mode": run.mode.value, "bytes_read": run.bytes_read, "rechecked": run.rechecked,
         "live_wait_seconds": run.waited_s,
         "namespaces": [{**{k: v for k, v in asdict(r).items() if k != "differences"}, "ok": r.ok,
-                        "differences": [plain(d) for d in r.differences]} for r in run.results]})
+                        "differences": [plain(d) for d in r.differences[:verification.MAX_REPORTED]]}
+                       for r in run.results]})
 
 
 def clients(values: dict[str, Any]) -> tuple[MongoClient, MongoClient]:
@@ -309,18 +363,27 @@ def clients(values: dict[str, Any]) -> tuple[MongoClient, MongoClient]:
             mongo.connect(dest.reveal(), "kafkashake-verify"))  # type: ignore[union-attr]
 
 
-def run_verify(values: dict[str, Any], on_result: Callable[[Verification], None]) -> int:
-    source, dest = clients(values)
+def run_verify(values: dict[str, Any], on_result: Callable[[Verification | None], None]) -> int:
     while True:
+        source = dest = None
         try:
+            source, dest = clients(values)
             run = verify_once(source, dest, values)
-        except (PyMongoError, TimeoutError, RuntimeError) as exc:
-            print(f"error: the check could not finish: {redact(str(exc))}", file=sys.stderr)
+        except NothingToCompare as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_OPTIONS
+        except Exception as exc:  # noqa: BLE001  whatever stopped it, the check is not complete: never exit 0 or 1
+            print(f"error: the check could not finish: {type(exc).__name__}: {redact(str(exc))}", file=sys.stderr)
+            on_result(None)
             code = EXIT_INCOMPLETE
         else:
             on_result(run)
             print(json_report(run) if values["output"] is Output.JSON else "\n".join(text_report(run)), flush=True)
-            code = EXIT_EQUAL if run.equal else EXIT_DIFFERENT
+            code = run.exit_code
+        finally:
+            for client in (source, dest):
+                if client is not None:
+                    client.close()
         if values["every"] is None:
             return code
         time.sleep(values["every"])
@@ -344,16 +407,25 @@ def metrics_sink(port: int) -> Callable[[Verification], None]:
     server, _ = start_http_server(port, registry=registry)
     print(f"verify: metrics on http://127.0.0.1:{server.server_port}/metrics", file=sys.stderr, flush=True)
 
-    def publish(run: Verification) -> None:
+    incomplete = Gauge("kafkashake_verify_incomplete", "1 if the last check could not finish (exit code 3).",
+                       registry=registry)
+
+    def publish(run: Verification | None) -> None:
+        finished.set(time.time())
+        if run is None:
+            equal.set(0)
+            incomplete.set(1)
+            return
+        incomplete.set(1 if run.exit_code == EXIT_INCOMPLETE else 0)
         differences.clear()
+        compared.clear()
         for result in run.results:
             compared.labels(result.ns).set(result.compared)
             for kind in ("missing", "extra", "different"):
                 differences.labels(result.ns, kind).set(getattr(result, kind))
             differences.labels(result.ns, "index").set(len(result.index_problems))
-            differences.labels(result.ns, "collection").set(0 if result.exists else 1)
+            differences.labels(result.ns, "collection").set(0 if result.exists and result.source_exists else 1)
         equal.set(1 if run.equal else 0)
         read.set(run.bytes_read)
-        finished.set(time.time())
 
     return publish

@@ -13,12 +13,17 @@ from bson.max_key import MaxKey
 
 from conftest import checkpointed, client, consumer_args, producer_args, unique, wait_until
 from kafkashake.demo import embedded, workload
-from kafkashake.verification import Doc, NamespaceResult, compare_range, first_difference, id_order, ranges
+import bson
+from bson.code import Code
+from bson.son import SON
+
+from kafkashake.verification import (Doc, NamespaceResult, canonical, compare_documents, compare_range,
+                                     document_id, first_difference, id_order, ranges)
 
 
 def test_id_order_is_mongodbs_bson_order_with_numbers_by_value() -> None:
     ordered = [MinKey(), None, -1.5, 0, Int64(1), 1.5, Decimal128("2"), 3, "", "a", "b", {"a": 1}, {"a": 1, "b": 1},
-               {"b": 0}, b"\x00", ObjectId("000000000000000000000000"), False, True, MaxKey()]
+               {"b": 0}, b"\x00", ObjectId("000000000000000000000000"), False, True, Code("a"), MaxKey()]
     assert sorted(ordered, key=id_order) == ordered
     assert id_order(Int64(7)) == id_order(7) == id_order(7.0) == id_order(Decimal128("7"))
 
@@ -29,6 +34,19 @@ def test_first_difference_sees_types_order_and_nesting() -> None:
     assert first_difference({"a": {"b": [1, 2]}}, {"a": {"b": [1, 3]}}) == ("a.b.1", 2, 3)
     assert first_difference({"a": 1}, {"a": 1, "b": 2}) == ("b", "<missing>", 2)
     assert first_difference({"a": 1, "b": 2}, {"b": 2, "a": 1})[0] == "a"
+
+
+def test_field_order_is_ignored_only_when_asked_and_nothing_else_is() -> None:
+    a = bson.encode(SON([("_id", 1), ("x", SON([("b", 1), ("a", [SON([("d", 1), ("c", 2)]), 3])]))]))
+    b = bson.encode(SON([("x", SON([("a", [SON([("c", 2), ("d", 1)]), 3]), ("b", 1)])), ("_id", 1)]))
+    assert canonical(a, True) == canonical(b, True) and canonical(a, False) != canonical(b, False)
+    assert compare_documents(a, b, True) is None and compare_documents(a, b, False) is not None
+    reordered_array = bson.encode({"_id": 1, "x": {"a": [3, SON([("c", 2), ("d", 1)])], "b": 1}})
+    assert compare_documents(a, reordered_array, True) is not None
+    duplicate = b"".join([b"\x10a\x00\x01\x00\x00\x00", b"\x10a\x00\x02\x00\x00\x00"])
+    doubled = (len(duplicate) + 5).to_bytes(4, "little") + duplicate + b"\x00"
+    assert compare_documents(doubled, bson.encode({"a": 2}), True) is not None
+    assert document_id(bson.encode(SON([("n", 1), ("_id", Code("f"))]))) == Code("f")
 
 
 def doc(document_id, body: bytes = b"") -> Doc:
@@ -107,6 +125,16 @@ def test_equal_pairs_exit_0_and_each_kind_of_difference_exits_1_with_namespace_a
     assert f"{db}.c: DIFFERENT" in text.stdout and '_id {"$numberInt": "3"} at n' in text.stdout
     counted = verify(source, destination, "--filter-namespace-white", db, "--mode", "count")
     assert counted.returncode == 1 and "missing on the destination" in counted.stdout
+
+    client(destination)[db]["stray"].insert_one({"_id": 1})
+    stray = verify(source, destination, "--filter-namespace-white", db, "--mode", "count")
+    assert f"{db}.stray: EXTRA on the destination" in stray.stdout
+
+
+@pytest.mark.e2e
+def test_a_filter_that_matches_nothing_exits_2(source, destination) -> None:
+    result = verify(source, destination, "--filter-namespace-white", "no_such_db_anywhere")
+    assert result.returncode == 2 and "no_such_db_anywhere" in result.stderr
 
 
 @pytest.mark.e2e
