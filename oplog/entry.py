@@ -9,6 +9,9 @@ from datetime import datetime
 from typing import Any, Mapping
 
 import bson
+from bson.binary import UuidRepresentation
+from bson.codec_options import CodecOptions, DatetimeConversion
+from bson.raw_bson import RawBSONDocument
 from bson.timestamp import Timestamp
 
 CRUD_OPS = frozenset({"i", "u", "d"})
@@ -44,6 +47,38 @@ def raw_bytes(document: Any) -> bytes:
     `memoryview`s of the whole server reply, which Kafka clients refuse and which keep that reply alive."""
     raw = document.raw
     return raw if type(raw) is bytes else bytes(raw)
+
+
+# Decoding a small entry whole in C is faster than reading a raw document field by field (7.5 µs against 18 µs for
+# a typical insert); large ones stay raw, so reading a 16 MB document's _id does not decode the document.
+DECODED_ROUTING_LIMIT = 4096
+ROUTING_CODEC = CodecOptions(document_class=dict, uuid_representation=UuidRepresentation.UNSPECIFIED,
+                             datetime_conversion=DatetimeConversion.DATETIME_AUTO,
+                             unicode_decode_error_handler="replace")
+
+
+RAW_CODEC = CodecOptions(document_class=RawBSONDocument)
+
+
+class DecodedEntry(dict):  # type: ignore[type-arg]
+    """An oplog entry's fields for routing, with its original bytes: the value published is always `raw`."""
+
+    __slots__ = ("raw",)
+
+    def __init__(self, fields: dict[str, Any], raw: bytes) -> None:
+        super().__init__(fields)
+        self.raw = raw
+
+
+def routing_view(raw: bytes) -> Mapping[str, Any]:
+    """An entry's BSON as routing reads it. Commands (transactions, DDL) stay raw documents: their parts are
+    re-encoded, and a raw document re-encodes exactly what was read."""
+    if len(raw) > DECODED_ROUTING_LIMIT or b"$ref\x00" in raw:  # a dict decode would turn {$ref, $id} into a DBRef
+        return RawBSONDocument(raw, RAW_CODEC)
+    fields = bson.decode(raw, ROUTING_CODEC)
+    if fields.get("op") == "c":
+        return RawBSONDocument(raw, RAW_CODEC)
+    return DecodedEntry(fields, raw)
 
 
 def transaction_id(entry: Mapping[str, Any]) -> str | None:

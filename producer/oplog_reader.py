@@ -1,7 +1,12 @@
 """Reading `local.oplog.rs`: its bounds, and a tailable await cursor that yields raw entries."""
 from __future__ import annotations
 
+import contextlib
+import queue
+import threading
+import time
 from collections.abc import Iterator
+from typing import Any
 
 from bson.codec_options import CodecOptions
 from bson.raw_bson import RawBSONDocument
@@ -13,6 +18,24 @@ from kafkashake.oplog import position
 from kafkashake.runtime.errors import PositionLostError
 
 IDLE = None
+# Raw batches fetched ahead of the one being handled (each at most 16 MiB).
+PREFETCH_BATCHES = 2
+
+
+# The tailable cursor died (the server closed it): the caller opens a new one from where it was.
+_ENDED = object()
+# How long a closing reader may take to notice: its await is max_await_time_ms; a getMore stuck on a dead
+# connection is left to die with its daemon thread.
+READER_CLOSE_S = 10.0
+
+
+def split_documents(batch: bytes) -> Iterator[bytes]:
+    """The BSON documents of a raw batch, each as its own bytes."""
+    view, at, end = memoryview(batch), 0, len(batch)
+    while at < end:
+        size = int.from_bytes(view[at:at + 4], "little")
+        yield bytes(view[at:at + size])
+        at += size
 CAPPED_POSITION_LOST = 136
 OPLOG_BATCH = 10_000
 
@@ -50,26 +73,59 @@ class OplogReader:
             "(replSetResizeOplog) so it covers the longest producer outage."
         )
 
-    def tail(self, after: Timestamp) -> Iterator[RawBSONDocument | None]:
-        """Entries with `ts > after`, in order, until the cursor dies. Yields `IDLE` whenever it has caught up.
+    def tail(self, after: Timestamp) -> Iterator[bytes | None]:
+        """Entries with `ts > after` as BSON bytes, in order, until the cursor dies. Yields `IDLE` whenever it has
+        caught up.
 
         One tailable await cursor reads the backlog and then waits for new entries; a getMore returns as soon as
-        it has any, up to OPLOG_BATCH entries or 16 MiB."""
-        cursor = self._oplog.find(
+        it has any, up to OPLOG_BATCH entries or 16 MiB. A reader thread fetches the next batch while this one is
+        handled, so the server works while we encode."""
+        batches: queue.Queue[Any] = queue.Queue(maxsize=PREFETCH_BATCHES)
+        stop = threading.Event()
+        reader = threading.Thread(target=self._fetch, args=(after, batches, stop), name="kafkashake-oplog-reader",
+                                  daemon=True)
+        reader.start()
+        try:
+            while True:
+                batch = batches.get()
+                if batch is _ENDED:
+                    return
+                if isinstance(batch, BaseException):
+                    raise batch
+                if batch is IDLE:
+                    yield IDLE
+                    continue
+                yield from split_documents(batch)
+        finally:
+            stop.set()
+            deadline = time.monotonic() + READER_CLOSE_S
+            while reader.is_alive() and time.monotonic() < deadline:  # unblock a reader waiting for room
+                with contextlib.suppress(queue.Empty):
+                    batches.get(timeout=0.1)
+
+    def _fetch(self, after: Timestamp, batches: queue.Queue, stop: threading.Event) -> None:
+        cursor = self._oplog.find_raw_batches(
             {"ts": {"$gt": after}},
             cursor_type=CursorType.TAILABLE_AWAIT,
             batch_size=OPLOG_BATCH,
             oplog_replay=True,
         ).max_await_time_ms(self._await_ms)
         try:
-            while cursor.alive:
+            while cursor.alive and not stop.is_set():
                 try:
-                    yield cursor.next()
+                    batch = cursor.next()
                 except StopIteration:
-                    yield IDLE
+                    batch = IDLE
+                batches.put(batch if batch else IDLE)
+            batches.put(_ENDED)
         except OperationFailure as exc:
-            self._raise_if_rolled_over(exc, after)
-            raise
+            try:
+                self._raise_if_rolled_over(exc, after)
+                batches.put(exc)
+            except PositionLostError as lost:
+                batches.put(lost)
+        except BaseException as exc:  # noqa: BLE001  handed to the reading thread, which raises it
+            batches.put(exc)
         finally:
             cursor.close()
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
+from typing import Any
 
 from bson.timestamp import Timestamp
 
 from kafkashake.oplog import position
-from kafkashake.oplog.entry import Operation
+from kafkashake.oplog.entry import Operation, routing_view
 from kafkashake.producer.checkpoint import Checkpoint
 from kafkashake.producer.acknowledgements import Slot
 from kafkashake.producer.delivery import DeliveryTracker
@@ -39,6 +40,7 @@ class OplogSource:
         self._reader = reader
         self._extractor = extractor
         self._metrics = metrics
+        self._read_by_op: dict[str, Any] = {}
         self._tracker: DeliveryTracker | None = None
 
     def first_checkpoint(self, start_position: str) -> Checkpoint:
@@ -69,7 +71,12 @@ class OplogSource:
                 tracker.caught_up()
                 yield None
                 continue
-            self._metrics.events_read.labels(entry["op"]).inc()
+            entry = routing_view(entry)
+            op = entry["op"]
+            read = self._read_by_op.get(op)
+            if read is None:
+                read = self._read_by_op[op] = self._metrics.events_read.labels(op)
+            read.inc()
             tracker.read(entry["ts"])
             operations = self._extractor.extract(entry)
             if not operations:

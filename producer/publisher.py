@@ -87,6 +87,7 @@ class Publisher:
     def __init__(self, producer: KafkaProducer, topic_directory: TopicDirectory, topic_template: str, task: str,
                  encoding: Encoding, partition_by: PartitionBy) -> None:
         self._producer = producer
+        self._sized_headers: tuple[list[tuple[str, bytes]] | None, int] = (None, 0)
         self._template = topic_template
         self._encoding = encoding
         self._partition_by = partition_by
@@ -284,8 +285,10 @@ class Publisher:
                  message_headers: list[tuple[str, bytes]], acknowledgements: list[Acknowledge],
                  describe: Callable[[], str]) -> None:
         limit = self._topics.limits(topic).max_message_bytes
-        room = limit - overhead(key, message_headers)
         self.last_sent[(topic, partition)] = time.monotonic()
+        if message_headers is not self._sized_headers[0]:  # alike events share one list: add it up once
+            self._sized_headers = (message_headers, overhead(None, message_headers))
+        room = limit - self._sized_headers[1] - len(key or b"")
         if len(value) <= room:
             self._send(topic, partition, key, value, message_headers, self._on_delivery(acknowledgements, describe,
                                                                                         topic, len(value)))
