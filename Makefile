@@ -5,7 +5,6 @@ PYTHON ?= $(if $(wildcard .venv-test/bin/python),.venv-test/bin/python,python3)
 # Each benchmark prints its figures against a bare baseline measured in the same run, writes
 # bench/results/<name>.json, and exits 1 if a ratio fell more than 10 % below the previous run's.
 bench:
-	$(PYTHON) bench/encode.py
 	$(PYTHON) bench/snapshot.py
 	$(PYTHON) bench/producer_catchup.py
 	$(PYTHON) bench/consumer_catchup.py

@@ -1,41 +1,44 @@
-"""Consumer catch-up: apply a backlog of insert events, and separately of update events, with the real consumer loop
-(in process), against a bare `insert_many` of the same documents and a bare `bulk_write` of equivalent updates, on
-the same server in the same run.
+"""Consumer catch-up: the real `kafkashake consumer run` applies a backlog of insert events, then of update events,
+against the fastest bare client doing the same writes, on the same server in the same run, on Apache Kafka and Tansu;
+directly, and with the destination behind bench/latency_proxy.py (5 ms each way, 10 ms round trip).
 
-Ratio = our events/s divided by the baseline's; goal ≥ 0.7. Our rate is timed from the first applied batch to the
-last (the consumer-group join before it is not replay work).
-Usage: python bench/consumer_catchup.py [--events 100000] [--rounds 3]
-Starts embedded SecantusDB and Tansu. Writes bench/results/consumer_catchup.json; flags ratios >10 % below the
-previous run's."""
+Baselines, the fastest in each round of:
+- inserts: unordered bulk inserts (`insert_many(ordered=False)`) in batches of 500, 1,000 and 2,000 documents;
+- updates: unordered `bulk_write` of `UpdateOne($set)` of the same fields, in batches of 500, 1,000 and 2,000;
+- behind the proxy: batches of 1,000 from 1, 4 and 8 threads writing disjoint batches at once, and of 2,000 from
+  4 threads, as a tuned client of a distant server would.
+Ours: the consumer process, timed through its /metrics from the first event applied to the last.
+
+Ratio = ours / the fastest baseline. Goals: ≥ 0.7 for inserts and updates, directly and behind the proxy.
+Usage: python bench/consumer_catchup.py [--events 100000] [--rounds 3] [--brokers kafka,tansu] [--latency-ms 5]
+Writes bench/results/consumer_catchup_<broker>.json; flags ratios >10 % below the previous run's."""
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import bson
 from bson.timestamp import Timestamp
 from confluent_kafka import Producer
-from pymongo import MongoClient, UpdateOne
+from pymongo import InsertOne, MongoClient, UpdateOne
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.in_process import rate_through_backlog  # noqa: E402
+from bench.harness import BROKER_NAMES, GROUP_OPTIONS, LatencyProxy, Process, broker, medians, rate_through, through  # noqa: E402
 from bench.report import report  # noqa: E402
-from kafkashake.consumer.run import ConsumerRun  # noqa: E402
-from kafkashake.consumer.settings import ConsumerSettings  # noqa: E402
 from kafkashake.demo import embedded  # noqa: E402
 from kafkashake.runtime.kafka_topics import TopicDirectory  # noqa: E402
-from kafkashake.runtime.shutdown import ShutdownFlag  # noqa: E402
 from kafkashake.schemas.partitioning import PartitionBy, message_key, partition_for  # noqa: E402
 
-RESULTS = ROOT / "bench" / "results" / "consumer_catchup.json"  # _inserts and _updates
+RESULTS = ROOT / "bench" / "results"
 PARTITIONS = 8
-FAST_GROUP = {"session.timeout.ms": "6000", "heartbeat.interval.ms": "500"}
+DIRECT_WAYS = ((500, 1), (1_000, 1), (2_000, 1))  # (batch size, threads)
+DISTANT_WAYS = ((1_000, 1), (1_000, 4), (1_000, 8), (2_000, 4))
 
 
 def documents(count: int) -> list[dict]:
@@ -70,50 +73,96 @@ def publish(brokers: str, topic: str, ns: str, encoded: list[tuple[dict, bytes]]
     producer.flush(120)
 
 
-def ours(uri: str, brokers: str, topic: str, expected: int) -> float:
-    settings = ConsumerSettings(brokers=brokers, topic=topic, dest_uri=uri, group=f"bench-{uuid.uuid4().hex[:6]}",
-                                kafka_properties=FAST_GROUP, metrics_port=0)
-    return rate_through_backlog(ConsumerRun(settings, ShutdownFlag()), "kafkashake_consumer_events_applied", expected)
+def bare(collection, requests: list, batch_size: int, threads: int) -> float:
+    """Requests/s writing `requests` in unordered bulk writes of `batch_size`, `threads` at a time."""
+    batches = [requests[start:start + batch_size] for start in range(0, len(requests), batch_size)]
+    started = time.perf_counter()
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(lambda batch: collection.bulk_write(batch, ordered=False), batches))
+    return len(requests) / (time.perf_counter() - started)
+
+
+def fastest_bare(client: MongoClient, docs: list[dict], ways: tuple[tuple[int, int], ...],
+                 tried: dict) -> tuple[float, float]:
+    """The fastest bare insert and update rates over (batch size, threads) ways; every way on fresh data."""
+    inserts, updates = [], []
+    for size, count in ways:
+        collection = client["bare"][f"c{uuid.uuid4().hex[:8]}"]
+        inserts.append((bare(collection, [InsertOne(d) for d in docs], size, count), f"insert {size}x{count}"))
+        ops = [UpdateOne({"_id": d["_id"]}, {"$set": {"n": -d["n"], "name": "renamed"}}) for d in docs]
+        updates.append((bare(collection, ops, size, count), f"update {size}x{count}"))
+        collection.drop()
+    for rate, name in inserts + updates:
+        tried.setdefault(name, []).append(rate)
+    return max(inserts)[0], max(updates)[0]
+
+
+def ours(stack, uri: str, brokers: str, topic: str, expected: int) -> float:
+    process = Process(stack, "consumer", "run", "--dest-uri", uri, "--brokers", brokers, "--topic", topic,
+                      "--group", f"bench-{uuid.uuid4().hex[:6]}", *GROUP_OPTIONS)
+    try:
+        return rate_through(process, "kafkashake_consumer_events_applied", expected)
+    finally:
+        process.stop()
+
+
+def one_round(stack, uri: str, brokers: str, docs: list[dict], ways: tuple[tuple[int, int], ...], tried: dict,
+              samples: dict[str, list[float]], suffix: str) -> None:
+    client = MongoClient(uri)
+    insert_base, update_base = fastest_bare(client, docs, ways, tried)
+    samples["insert_baseline"].append(insert_base)
+    samples["update_baseline"].append(update_base)
+    ns = f"ours{uuid.uuid4().hex[:6]}.items"
+    for kind in ("insert", "update"):
+        topic = f"{kind}s-{uuid.uuid4().hex[:6]}"
+        publish(brokers, topic, ns, events(kind, ns, docs))
+        samples[kind].append(ours(stack, uri, brokers, topic, len(docs)))
+    db, _, coll = ns.partition(".")
+    assert client[db][coll].count_documents({"name": "renamed"}) == len(docs), f"not every update applied {suffix}"
+    client.drop_database(db)
+    client.drop_database("bare")
+
+
+def run_on(kind: str, stack, uri: str, docs: list[dict], rounds: int, latency_ms: float) -> int:
+    status = 0
+    with broker(kind, stack) as brokers:
+        for proxied in (False, True):
+            samples: dict[str, list[float]] = {name: [] for name in ("insert_baseline", "insert", "update_baseline",
+                                                                     "update")}
+            tried: dict[str, list[float]] = {}
+            for _ in range(rounds):
+                if proxied:
+                    with LatencyProxy(uri.split("//")[1].split("/")[0], latency_ms) as proxy:
+                        one_round(stack, through(uri, proxy), brokers, docs, DISTANT_WAYS, tried, samples, "(proxied)")
+                else:
+                    one_round(stack, uri, brokers, docs, DIRECT_WAYS, tried, samples, "")
+            rates = medians(samples)
+            where = f"behind {2 * latency_ms:g} ms round trip" if proxied else "direct"
+            name = f"consumer_catchup_{kind}{'_latency' if proxied else ''}.json"
+            details = {"broker": BROKER_NAMES[kind], "destination": where, "events": len(docs), "rounds": rounds,
+                       "baselines_tried": {k: round(v) for k, v in medians(tried).items()}}
+            print(f"{BROKER_NAMES[kind]}, destination {where}")
+            status |= report(RESULTS / name.replace(".json", "_inserts.json"), rates["insert_baseline"],
+                             {"insert": rates["insert"]}, "events", {**details, "baseline": "fastest bare insert"})
+            status |= report(RESULTS / name.replace(".json", "_updates.json"), rates["update_baseline"],
+                             {"update": rates["update"]}, "events", {**details, "baseline": "fastest bare update"})
+    return status
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--brokers", default="kafka,tansu")
+    parser.add_argument("--latency-ms", type=float, default=5.0, help="the proxy's delay in each direction")
     args = parser.parse_args()
     docs = documents(args.events)
-    samples: dict[str, list[float]] = {name: [] for name in ("insert_baseline", "insert", "update_baseline", "update")}
+    status = 0
     with embedded.EmbeddedStack() as stack:
-        destination = stack.start_mongo("catchup-dest")
-        uri = embedded.mongo_uri(destination)
-        client = MongoClient(uri)
-        brokers = embedded.brokers(stack.start_kafka())
-        for round_ in range(args.rounds):
-            db = client[f"bench{round_}"]
-            started = time.perf_counter()
-            db.bare.insert_many(docs)
-            samples["insert_baseline"].append(len(docs) / (time.perf_counter() - started))
-            started = time.perf_counter()
-            db.bare.bulk_write([UpdateOne({"_id": d["_id"]}, {"$set": {"n": -d["n"], "name": "renamed"}})
-                                for d in docs])
-            samples["update_baseline"].append(len(docs) / (time.perf_counter() - started))
-
-            ns = f"bench{round_}.items"
-            inserts = f"inserts-{uuid.uuid4().hex[:6]}"
-            publish(brokers, inserts, ns, events("insert", ns, docs))
-            samples["insert"].append(ours(uri, brokers, inserts, len(docs)))
-            updates = f"updates-{uuid.uuid4().hex[:6]}"
-            publish(brokers, updates, ns, events("update", ns, docs))
-            samples["update"].append(ours(uri, brokers, updates, len(docs)))
-            assert db["items"].count_documents({"name": "renamed"}) == len(docs)
-    insert_rate, update_rate = statistics.median(samples["insert"]), statistics.median(samples["update"])
-    insert_base, update_base = statistics.median(samples["insert_baseline"]), statistics.median(samples["update_baseline"])
-    print("inserts (baseline: bare insert_many)")
-    status = report(RESULTS.with_name("consumer_catchup_inserts.json"), insert_base, {"insert": insert_rate}, "events",
-                    {"events": args.events, "rounds": args.rounds})
-    print("updates (baseline: bare bulk_write of UpdateOne $set)")
-    return status | report(RESULTS.with_name("consumer_catchup_updates.json"), update_base, {"update": update_rate},
-                           "events", {"events": args.events, "rounds": args.rounds})
+        uri = embedded.mongo_uri(stack.start_mongo("catchup-dest"))
+        for kind in args.brokers.split(","):
+            status |= run_on(kind, stack, uri, docs, args.rounds, args.latency_ms)
+    return status
 
 
 if __name__ == "__main__":

@@ -4,8 +4,8 @@ memory: the consumer process's RSS while `--target-delay` holds a backlog of --b
 Kafka. Goal: flat and under 300 MB (the backlog waits in Kafka, not in the consumer).
 scale-out: time for one consumer process, then two in one group, to apply --events inserts from an 8-partition
 topic; the ratio is two's rate over one's.
-Usage: python bench/consumer_scale.py [--backlog 1000000] [--events 100000] [--hold-seconds 60]
-Writes bench/results/consumer_scale.json."""
+Usage: python bench/consumer_scale.py [--backlog 1000000] [--events 100000] [--hold-seconds 60] [--brokers kafka,tansu]
+Writes bench/results/consumer_scale_<broker>.json."""
 from __future__ import annotations
 
 import argparse
@@ -27,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.consumer_catchup import documents, events, publish  # noqa: E402
 from bench.soak import rss_mb  # noqa: E402
+from bench.harness import BROKER_NAMES, broker  # noqa: E402
 from kafkashake.demo import embedded  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "consumer_scale.json"
@@ -86,32 +87,42 @@ def apply_time(stack, destination, brokers: str, topic: str, ns: str, expected: 
             process.wait(60)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backlog", type=int, default=1_000_000)
-    parser.add_argument("--events", type=int, default=100_000)
-    parser.add_argument("--hold-seconds", type=float, default=60.0)
-    args = parser.parse_args()
-    with embedded.EmbeddedStack() as stack:
-        destination = stack.start_mongo("scale-dest")
-        brokers = embedded.brokers(stack.start_kafka())
+def run_on(kind: str, stack, destination, args: argparse.Namespace) -> int:
+    with broker(kind, stack) as brokers:
         rates = {}
         for instances in (1, 2):
-            ns = f"scale{instances}.items"
+            ns = f"scale{instances}{kind}.items"
             topic = f"scale-{uuid.uuid4().hex[:6]}"
             publish(brokers, topic, ns, events("insert", ns, documents(args.events)))
             rates[instances] = apply_time(stack, destination, brokers, topic, ns, args.events, instances)
             print(f"{instances} consumer(s): {rates[instances]:.0f} events/s", flush=True)
         memory = held_backlog_memory(stack, destination, brokers, args.backlog, args.hold_seconds)
-    report = {"date": dt.date.today().isoformat(), "machine": f"{platform.machine()} {platform.node()}",
+    report = {"date": dt.date.today().isoformat(), "broker": BROKER_NAMES[kind],
+              "machine": f"{platform.machine()} {platform.node()}",
               "scale_out": {"events": args.events, "one_per_s": round(rates[1]), "two_per_s": round(rates[2]),
                             "ratio": round(rates[2] / rates[1], 2)},
               "memory": memory}
-    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"scale-out ratio (two / one): {rates[2] / rates[1]:.2f}")
+    path = RESULTS.with_name(f"consumer_scale_{kind}.json")
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"{BROKER_NAMES[kind]}: scale-out ratio (two / one): {rates[2] / rates[1]:.2f}")
     print(f"held backlog of {args.backlog}: max RSS {memory['max_mb']} MB, flat: {memory['flat']}, "
           f"applied while held: {memory['applied_while_held']}")
     return 0 if memory["flat"] and memory["under_goal"] and memory["applied_while_held"] == 0 else 1
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backlog", type=int, default=1_000_000)
+    parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument("--hold-seconds", type=float, default=60.0)
+    parser.add_argument("--brokers", default="kafka,tansu")
+    args = parser.parse_args()
+    status = 0
+    with embedded.EmbeddedStack() as stack:
+        destination = stack.start_mongo("scale-dest")
+        for kind in args.brokers.split(","):
+            status |= run_on(kind, stack, destination, args)
+    return status
 
 
 if __name__ == "__main__":

