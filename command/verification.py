@@ -105,16 +105,18 @@ class NamespaceResult:
 def replicated_namespaces(source: Any, namespaces: NamespaceFilter, transform: NamespaceMap,
                           own_databases: set[str]) -> list[tuple[str, str]]:
     """(source namespace, destination namespace) of every source collection the consumer would replicate."""
-    pairs = []
-    for database in sorted(source.list_database_names()):
+    return sorted((ns, transform.map(ns) if transform else ns)
+                  for ns in user_collections(source, own_databases) if namespaces.allows(ns))
+
+
+def user_collections(client: Any, own_databases: set[str]) -> Iterator[str]:
+    """Namespaces of the collections (not views, not system.*) outside the server's and kafkashake's databases."""
+    for database in sorted(client.list_database_names()):
         if database in SYSTEM_DATABASES or database in own_databases:
             continue
-        for info in source[database].list_collections(filter={"type": {"$ne": "view"}}):
-            ns = f"{database}.{info['name']}"
-            if info["name"].startswith("system.") or not namespaces.allows(ns):
-                continue
-            pairs.append((ns, transform.map(ns) if transform else ns))
-    return sorted(pairs)
+        for info in client[database].list_collections(filter={"type": {"$ne": "view"}}):
+            if not info["name"].startswith("system."):
+                yield f"{database}.{info['name']}"
 
 
 def destination_only(dest: Any, pairs: list[tuple[str, str]], namespaces: NamespaceFilter,
@@ -123,17 +125,8 @@ def destination_only(dest: Any, pairs: list[tuple[str, str]], namespaces: Namesp
     to) that no source collection maps to: a drop that never arrived, or a stray write."""
     targets = {dest_ns for _, dest_ns in pairs}
     target_databases = {dest_ns.partition(".")[0] for dest_ns in targets}
-    found = []
-    for database in sorted(dest.list_database_names()):
-        if database in SYSTEM_DATABASES or database in own_databases:
-            continue
-        for info in dest[database].list_collections(filter={"type": {"$ne": "view"}}):
-            ns = f"{database}.{info['name']}"
-            if info["name"].startswith("system.") or ns in targets:
-                continue
-            if namespaces.allows(ns) or database in target_databases:
-                found.append(ns)
-    return sorted(found)
+    return sorted(ns for ns in user_collections(dest, own_databases) if ns not in targets
+                  and (namespaces.allows(ns) or ns.partition(".")[0] in target_databases))
 
 
 def collection_of(client: Any, ns: str, codec: CodecOptions = RAW) -> Collection:
