@@ -14,7 +14,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from kafkashake import consumer_command, options, producer_command, verify_command
+from kafkashake import consumer_command, options, producer_command, verify_command, verify_report
 from kafkashake.options import Opt
 from kafkashake.runtime import logs, secrets
 from kafkashake.runtime.errors import EXIT_FATAL, FatalError
@@ -173,7 +173,7 @@ def verify(**values: Any) -> None:
         raise typer.BadParameter("--every serves its results on --metrics-port: give one", param_hint="'--every'")
     secrets.install(secrets.Redactor())
     logs.configure("text", "warning")
-    publish = (verify_command.metrics_sink(values["metrics_port"]) if values["metrics_port"] is not None
+    publish = (verify_report.metrics_sink(values["metrics_port"]) if values["metrics_port"] is not None
                else lambda run: None)
     try:
         raise typer.Exit(verify_command.run_verify(values, publish))

@@ -8,16 +8,14 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
-import json
 import sys
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 import bson
-from bson import json_util
 from bson.timestamp import Timestamp
 from pymongo import MongoClient
 
@@ -27,12 +25,12 @@ from kafkashake.oplog.namespaces import NamespaceMap
 from kafkashake.options import Opt
 from kafkashake.runtime import mongo
 from kafkashake.runtime.secrets import redact
-from kafkashake.verification import Difference, NamespaceResult
+from kafkashake.verification import (EXIT_DIFFERENT, EXIT_EQUAL, EXIT_INCOMPLETE, EXIT_OPTIONS, RECHECK_ROUNDS,
+                                     Difference, NamespaceResult)
+from kafkashake.verify_report import json_report, text_report
 
-EXIT_EQUAL, EXIT_DIFFERENT, EXIT_OPTIONS, EXIT_INCOMPLETE = 0, 1, 2, 3
 PROGRESS_EVERY_S = 2.0
 LIVE_POLL_S = 0.5
-RECHECK_ROUNDS = 5
 # A consumer checkpoint not written for this long belongs to a partition nobody consumes any more (an old topic).
 STALE_CHECKPOINT_S = 600
 
@@ -309,53 +307,6 @@ def _replace_differences(result: NamespaceResult, confirmed: list[Difference]) -
 # ---------------------------------------------------------------------------------------------- output
 
 
-def shown(value: Any) -> str:
-    return redact(json_util.dumps(value, json_options=json_util.CANONICAL_JSON_OPTIONS))
-
-
-def text_report(run: Verification) -> Iterator[str]:
-    for result in run.results:
-        target = result.ns if result.ns == result.dest_ns else f"{result.ns} -> {result.dest_ns}"
-        if not result.exists:
-            yield f"{target}: MISSING on the destination ({result.source_count} documents on the source)"
-            continue
-        if not result.source_exists:
-            yield f"{target}: EXTRA on the destination ({result.dest_count} documents; no source collection maps to it)"
-            continue
-        state = "equal" if result.ok else "DIFFERENT"
-        yield (f"{target}: {state}; source {result.source_count} documents, destination {result.dest_count}; "
-               f"compared {result.compared}, equal {result.equal}, missing {result.missing}, extra {result.extra}, "
-               f"different {result.different}")
-        yield from (f"  {problem}" for problem in result.index_problems)
-        if result.unsettled:
-            yield (f"  {result.unsettled} of these changed on the source in each of {RECHECK_ROUNDS} rechecks: "
-                   "unsettled, check again")
-        if result.unsettled_note:
-            yield f"  {result.unsettled_note}"
-        if len(result.differences) > verification.MAX_REPORTED:
-            yield f"  (the first {verification.MAX_REPORTED} of {len(result.differences)} shown)"
-        for d in result.differences[:verification.MAX_REPORTED]:
-            where = f"  {d.kind} _id {shown(d.id)}"
-            yield where if d.kind != "different" else f"{where} at {d.path}: source {shown(d.source_value)}, " \
-                                                      f"destination {shown(d.dest_value)}"
-    verdict = "EQUAL" if run.equal else "DIFFERENT"
-    yield (f"{verdict}: {len(run.results)} namespaces, mode {run.mode.value}, {run.bytes_read:,} document bytes read"
-           + (f"; live recheck of {run.rechecked} documents waited {run.waited_s} s for the consumer"
-              if run.rechecked else ""))
-
-
-def json_report(run: Verification) -> str:
-    def plain(difference: Difference) -> dict[str, Any]:
-        return json.loads(shown(asdict(difference)))
-
-    return json.dumps({
-        "equal": run.equal, "mode": run.mode.value, "bytes_read": run.bytes_read, "rechecked": run.rechecked,
-        "live_wait_seconds": run.waited_s,
-        "namespaces": [{**{k: v for k, v in asdict(r).items() if k != "differences"}, "ok": r.ok,
-                        "differences": [plain(d) for d in r.differences[:verification.MAX_REPORTED]]}
-                       for r in run.results]})
-
-
 def clients(values: dict[str, Any]) -> tuple[MongoClient, MongoClient]:
     source = options.uri_from(values["source_uri"], values["source_uri_file"], "--source-uri")
     dest = options.uri_from(values["dest_uri"], values["dest_uri_file"], "--dest-uri")
@@ -387,45 +338,3 @@ def run_verify(values: dict[str, Any], on_result: Callable[[Verification | None]
         if values["every"] is None:
             return code
         time.sleep(values["every"])
-
-
-def metrics_sink(port: int) -> Callable[[Verification], None]:
-    """Serve each run's result on /metrics at `port`."""
-    from prometheus_client import CollectorRegistry, Gauge, start_http_server
-
-    registry = CollectorRegistry()
-    equal = Gauge("kafkashake_verify_equal", "1 if the last check found the destination equal to the source.",
-                  registry=registry)
-    differences = Gauge("kafkashake_verify_differences", "Documents that differ, by namespace and kind "
-                        "(missing, extra, different), and index problems.", ["namespace", "kind"], registry=registry)
-    compared = Gauge("kafkashake_verify_documents_compared", "Documents compared in the last check.", ["namespace"],
-                     registry=registry)
-    finished = Gauge("kafkashake_verify_last_run_timestamp_seconds", "When the last check finished.",
-                     registry=registry)
-    read = Gauge("kafkashake_verify_bytes_read", "Document bytes the last check read from both sides.",
-                 registry=registry)
-    server, _ = start_http_server(port, registry=registry)
-    print(f"verify: metrics on http://127.0.0.1:{server.server_port}/metrics", file=sys.stderr, flush=True)
-
-    incomplete = Gauge("kafkashake_verify_incomplete", "1 if the last check could not finish (exit code 3).",
-                       registry=registry)
-
-    def publish(run: Verification | None) -> None:
-        finished.set(time.time())
-        if run is None:
-            equal.set(0)
-            incomplete.set(1)
-            return
-        incomplete.set(1 if run.exit_code == EXIT_INCOMPLETE else 0)
-        differences.clear()
-        compared.clear()
-        for result in run.results:
-            compared.labels(result.ns).set(result.compared)
-            for kind in ("missing", "extra", "different"):
-                differences.labels(result.ns, kind).set(getattr(result, kind))
-            differences.labels(result.ns, "index").set(len(result.index_problems))
-            differences.labels(result.ns, "collection").set(0 if result.exists and result.source_exists else 1)
-        equal.set(1 if run.equal else 0)
-        read.set(run.bytes_read)
-
-    return publish

@@ -114,7 +114,6 @@ class Replay:
             else:
                 self._gate(received, batch)
         self._start_apply(batch)
-        self.barriers.record_arrivals(lambda where: self.sequencer.held(where) > 0)
 
     def _gate(self, received: Received, batch: Batch) -> None:
         self.partitions[received.where].mark_replayed(received)
@@ -197,6 +196,8 @@ class Replay:
                 self.dead_letter(self._received_of(batch, event), rejection.reason,
                                  f"{rejection.error}; event {event.op} on {event.ns}", event)
         self._checkpoint(batch)
+        # Only now has every partition written what came before its barrier: a DDL never overtakes those writes.
+        self.barriers.record_arrivals(lambda where: self.sequencer.held(where) > 0)
 
     def account(self, report: ApplyReport) -> None:
         """Count what was applied, passed over and refused; record conflicts."""
