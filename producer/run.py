@@ -1,6 +1,7 @@
 """The producer: lease (with --ha) → start position → copy phase (with --sync-mode all|full) → stream phase."""
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import logging
 import threading
@@ -108,7 +109,11 @@ class ProducerRun:
                                      self.controls, self.kafka_health, self.shutdown, self._beat, self._call)
             self._announce_repartition(publisher, start)
             self.stream.refresh_window(start.ts)
-            self.stream.run()
+            try:
+                self.stream.run()
+            except FatalError:
+                self._explain_fatal(publisher)
+                raise
         finally:
             self._stop(publisher, start, started)
 
@@ -169,8 +174,20 @@ class ProducerRun:
             return True
         return self.full_sync.copy(publisher, self.source.window, self._beat, self.settings.checkpoint.interval_s)
 
+    def _explain_fatal(self, publisher: Publisher) -> None:
+        """librdkafka's fatal produce error names no cause; its error callback does (a missing permission, for
+        instance), and may come a moment later: give it that moment and raise its explanation instead."""
+        with contextlib.suppress(Exception):
+            publisher.poll(0.5)
+        if self.kafka_health.fatal is not None:
+            raise FatalError(self.kafka_health.fatal) from None
+
     def _stop(self, publisher: Publisher, start: Checkpoint, started: bool) -> None:
-        remaining = publisher.flush(FLUSH_TIMEOUT_S)
+        try:
+            remaining = publisher.flush(FLUSH_TIMEOUT_S)
+        except Exception as exc:  # a client already failed for good: the error that stopped us is the one to report
+            log.warning("flushing Kafka on the way out failed", extra={"error": str(exc)})
+            remaining = publisher.outstanding()
         final = self.source.safe_checkpoint() if started else start
         lease_lost = self.lease is not None and self.lease.lost.is_set()
         if publisher.delivery_error is None and publisher.refused is None and started and not lease_lost:
