@@ -31,6 +31,8 @@ class PartitionPosition:
     # The newest event (offset, index in its message) applied, which can lie beyond `offset` when a message was
     # applied in part: a restart reads those events again and applies them convergently.
     applied_through: tuple[int, int] | None = None
+    # Every event at or before it (offset, index) is applied: a restart skips them instead of applying them again.
+    done_through: tuple[int, int] | None = None
 
 
 class ConsumerCheckpointStore:
@@ -43,11 +45,12 @@ class ConsumerCheckpointStore:
 
     @staticmethod
     def _position(document: dict) -> PartitionPosition:
-        applied = document.get("applied_through")
+        applied, done = document.get("applied_through"), document.get("done_through")
         return PartitionPosition(document["topic"], int(document["partition"]), int(document["offset"]),
                                  document.get("ts"), document.get("snapshot_until"), document.get("watermark"),
                                  document.get("in_sync_as_of"), document.get("topic_id"),
-                                 (int(applied[0]), int(applied[1])) if applied else None)
+                                 (int(applied[0]), int(applied[1])) if applied else None,
+                                 (int(done[0]), int(done[1])) if done else None)
 
     def load(self, topic: str, partition: int) -> PartitionPosition | None:
         document = self._collection.find_one({"_id": self._key(topic, partition)})
@@ -70,6 +73,7 @@ class ConsumerCheckpointStore:
                               "ts": p.ts, "snapshot_until": p.snapshot_until, "watermark": p.watermark,
                               "in_sync_as_of": p.in_sync_as_of, "topic_id": p.topic_id,
                               "applied_through": list(p.applied_through) if p.applied_through else None,
+                              "done_through": list(p.done_through) if p.done_through else None,
                               "updated_at": now}},
                     upsert=True,
                 )

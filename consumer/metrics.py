@@ -9,7 +9,7 @@ from kafkashake.runtime.version import VERSION
 
 # Every reason an event is passed over, so each series exists (at 0) before its first event.
 PASSED_OVER = ("noop", "command", "filtered", "internal_namespace", "invalidate", "history_gap", "snapshot_overlap",
-               "replayed")
+               "replayed", "already_applied")
 
 
 class ConsumerMetrics:

@@ -12,6 +12,7 @@ from kafkashake.consumer.checkpoint import PartitionPosition
 from kafkashake.oplog import position
 from kafkashake.consumer.delay import source_time
 from kafkashake.consumer.intake import PartitionKey, Received
+from kafkashake.consumer.sequencer import FirstHeld
 from kafkashake.schemas.heartbeats import Heartbeat
 
 # A heartbeat counts as fresh for this many of its intervals, plus a second.
@@ -34,6 +35,11 @@ class PartitionState:
     # before a restart or rebalance and apply convergently when read again.
     applied_events_through: tuple[int, int] | None = None
     replay_through: tuple[int, int] | None = None
+    # Every event at or before it is applied (none is held before it): read again, such events are skipped. Applied
+    # again, an old change of a collection with a unique index could collide with a newer document's value.
+    done_through: tuple[int, int] | None = None
+    skip_through: tuple[int, int] | None = None
+    applied_here: tuple[int, int] | None = None  # the newest event applied since this instance took the partition
     changed: bool = False
     at_end: bool = False
     # The newest source time up to which every change of this partition is applied (seconds since the epoch).
@@ -53,20 +59,31 @@ class PartitionState:
         self.complete_through, self.in_sync_as_of = saved.watermark, saved.in_sync_as_of
         if saved.applied_through is not None and saved.applied_through[0] > saved.offset:
             self.replay_through = self.applied_events_through = saved.applied_through
+        if saved.done_through is not None and saved.done_through[0] > saved.offset:
+            self.skip_through = self.done_through = saved.done_through
         times = [saved.ts.time if saved.ts is not None else None,
                  saved.in_sync_as_of.replace(tzinfo=_dt.timezone.utc).timestamp() if saved.in_sync_as_of else None]
         self.complete_as_of = max((t for t in times if t is not None), default=None)
 
-    def mark_replayed(self, received: Received) -> None:
-        """Events this group applied before (beyond the checkpoint's offset) are applied convergently again."""
+    def mark_replayed(self, received: Received) -> int:
+        """Events this group applied before (beyond the checkpoint's offset): those before the first it had not
+        applied are left out, the others applied convergently again. Returns how many were left out."""
+        skipped = 0
+        if self.skip_through is not None:
+            kept = [event for event in received.events if event.position > self.skip_through]
+            skipped = len(received.events) - len(kept)
+            received.events = kept
+            if received.offset >= self.skip_through[0]:
+                self.skip_through = None
         through = self.replay_through
         if through is None:
-            return
+            return skipped
         for event in received.events:
             if event.position <= through:
                 event.replayed = True
         if received.offset >= through[0]:
             self.replay_through = None
+        return skipped
 
     def _complete(self, through: Timestamp | None) -> None:
         if through is not None and (self.complete_through is None or through > self.complete_through):
@@ -78,9 +95,13 @@ class PartitionState:
         self._complete(position.predecessor(ts) if isinstance(ts, Timestamp) else None)
 
     def applied_event(self, event_position: tuple[int, int]) -> None:
+        # Saved even when read again after a restart: the checkpoint's watermark tells other instances how far this
+        # partition is applied, and they may be waiting for it.
+        self.changed = True
+        if self.applied_here is None or event_position > self.applied_here:
+            self.applied_here = event_position
         if self.applied_events_through is None or event_position > self.applied_events_through:
             self.applied_events_through = event_position
-            self.changed = True
 
     def passed(self, received: Received, snapshot_until: Timestamp | None, now: float | None = None) -> None:
         """`received` went through: its events applied, held by the sequencer, or moved past."""
@@ -101,21 +122,24 @@ class PartitionState:
         self.complete_as_of = max((t for t in times if t is not None), default=None)
         self.changed = True
 
-    def checkpoint(self, where: PartitionKey, first_held: tuple[int, Timestamp] | None,
+    def checkpoint(self, where: PartitionKey, first_held: FirstHeld | None,
                    held_from: int | None) -> PartitionPosition | None:
         """Where the partition stands for its checkpoint: never past its oldest change the sequencer holds."""
         offset, watermark = self.offset, self.complete_through
         if offset is None and held_from is not None:
             offset = held_from - 1
+        done = self.applied_here
         if first_held is not None:
-            held_offset, held_ts = first_held
-            offset = held_offset - 1 if offset is None else min(offset, held_offset - 1)
-            limit = position.predecessor(held_ts)
+            offset = first_held.first_offset - 1 if offset is None else min(offset, first_held.first_offset - 1)
+            limit = position.predecessor(first_held.ts)
             watermark = limit if watermark is None or watermark > limit else watermark
+            done = (first_held.position[0], first_held.position[1] - 1)
+        if done is not None and (self.done_through is None or done > self.done_through):
+            self.done_through = done
         if offset is None:
             return None
         return PartitionPosition(where[0], where[1], offset, self.ts, self.snapshot_until, watermark,
-                                 self.in_sync_as_of, self.topic_id, self.applied_events_through)
+                                 self.in_sync_as_of, self.topic_id, self.applied_events_through, self.done_through)
 
     def lag_seconds(self, now: float | None = None) -> float | None:
         """How far this partition's applied changes are behind the source. While it is read to its end and its

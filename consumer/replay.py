@@ -37,7 +37,7 @@ from kafkashake.schemas.codec import EVENT_CODEC_OPTIONS
 
 log = logging.getLogger("kafkashake.consumer")
 # Checkpoints of the group's other instances are read at most this often.
-WATERMARKS_REFRESH_S = 0.25
+WATERMARKS_REFRESH_S = 0.1
 
 
 @dataclass
@@ -116,7 +116,9 @@ class Replay:
         self._start_apply(batch)
 
     def _gate(self, received: Received, batch: Batch) -> None:
-        self.partitions[received.where].mark_replayed(received)
+        skipped = self.partitions[received.where].mark_replayed(received)
+        if skipped:
+            self._metrics.events_passed_over.labels("already_applied").inc(skipped)
         verdict = self.barriers.check(received)
         if verdict is Verdict.PASS:
             batch.passed.append(received)
@@ -175,6 +177,12 @@ class Replay:
         self._metrics.held_changes.set(self.sequencer.held())
         written = self._writer.submit(self._write, events) if events else None
         self._pending = (batch, written)
+
+    def release_held(self) -> None:
+        """With nothing polled: held changes may have become due, another instance having applied up to them (with
+        changes moving between instances' partitions, each such step waits for this)."""
+        if self._pending is None and self.sequencer.held():
+            self._start_apply(Batch())
 
     def _write(self, events: list[Event]) -> ApplyReport:
         started = time.perf_counter()

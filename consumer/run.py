@@ -244,6 +244,7 @@ class ConsumerRun:
             self._mark_read_to_end(messages)
         else:
             self.replay.settle()
+            self.replay.release_held()
         self.metrics.partitions_paused.set(len(self._held()))
         self.metrics.lag.set(self._lag_seconds())
 

@@ -67,6 +67,13 @@ class UniqueIndexes:
             self._known.pop(ns, None)
 
 
+@dataclass(frozen=True)
+class FirstHeld:
+    first_offset: int
+    ts: Timestamp
+    position: tuple[int, int]
+
+
 @dataclass
 class _Held:
     event: Event
@@ -135,13 +142,13 @@ class Sequencer:
         return [candidate[-1] for candidate in heapq.nsmallest(len(candidates), candidates,
                                                                  key=lambda c: (c[0], c[1], c[2], c[3]))]
 
-    def first_held(self, where: PartitionKey) -> tuple[int, Timestamp] | None:
-        """The first offset of the message of this partition's oldest held change, and that change's time."""
+    def first_held(self, where: PartitionKey) -> FirstHeld | None:
+        """This partition's oldest held change: where its message begins, its time and its position."""
         state = self._partitions.get(where)
         if state is None or not state.held:
             return None
         oldest = state.held[0]
-        return oldest.first_offset, oldest.event.fields["ts"]
+        return FirstHeld(oldest.first_offset, oldest.event.fields["ts"], oldest.event.position)
 
     def held(self, where: PartitionKey | None = None) -> int:
         if where is not None:
