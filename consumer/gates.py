@@ -68,6 +68,10 @@ class ExitGate:
     def partition_finished(self, where: PartitionKey, watermark: Timestamp | None) -> bool:
         return where in self._passed or (watermark is not None and watermark >= self.exit_at)
 
+    def waiting(self) -> set[PartitionKey]:
+        """Partitions held at the exit point: they stay paused whatever else resumes."""
+        return set(self._passed)
+
     def forget(self, where: PartitionKey) -> None:
         self._passed.discard(where)
 

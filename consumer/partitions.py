@@ -73,22 +73,36 @@ class PartitionState:
             kept = [event for event in received.events if event.position > self.skip_through]
             skipped = len(received.events) - len(kept)
             received.events = kept
-            if received.offset >= self.skip_through[0]:
-                self.skip_through = None
-        through = self.replay_through
-        if through is None:
-            return skipped
-        for event in received.events:
-            if event.position <= through:
-                event.replayed = True
-        if received.offset >= through[0]:
-            self.replay_through = None
+        if self.replay_through is not None:
+            for event in received.events:
+                if event.position <= self.replay_through:
+                    event.replayed = True
         return skipped
+
+    def _past_replay(self, offset: int) -> None:
+        """A message went through: what was applied before it no longer needs telling apart (a message held back
+        and read again is still told apart)."""
+        if self.skip_through is not None and offset >= self.skip_through[0]:
+            self.skip_through = None
+        if self.replay_through is not None and offset >= self.replay_through[0]:
+            self.replay_through = None
 
     def _complete(self, through: Timestamp | None) -> None:
         if through is not None and (self.complete_through is None or through > self.complete_through):
             self.complete_through = through
             self.changed = True
+
+    def waiting_at(self, first_offset: int) -> None:
+        """The partition waits at the message beginning there: every message before it went through."""
+        if self.offset is None:
+            self.offset = first_offset - 1
+
+    def applied_in_part(self, through: Timestamp, last_applied: tuple[int, int]) -> None:
+        """The message it waits at is applied up to `last_applied`, every change at or before `through`: read
+        again, those events are left out."""
+        self._complete(through)
+        if self.skip_through is None or last_applied > self.skip_through:
+            self.skip_through = last_applied
 
     def held_at(self, ts: Timestamp | None) -> None:
         """The partition waits at a message whose first change has this time: everything before it is done."""
@@ -105,6 +119,7 @@ class PartitionState:
 
     def passed(self, received: Received, snapshot_until: Timestamp | None, now: float | None = None) -> None:
         """`received` went through: its events applied, held by the sequencer, or moved past."""
+        self._past_replay(received.offset)
         ts = next((e.fields.get("ts") for e in reversed(received.events) if isinstance(e.fields.get("ts"), Timestamp)),
                   None)
         self.offset, self.ts = received.offset, ts or self.ts

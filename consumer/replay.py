@@ -136,7 +136,7 @@ class Replay:
             return
         if verdict is Verdict.APPLY_PART:
             batch.partly.append(received)
-        self.hold_back(received, batch)
+        self.hold_back(received, batch, applied_in_part=verdict is Verdict.APPLY_PART)
 
     def _undecodable(self, received: Received, batch: Batch) -> None:
         if self._dead_letters is None:
@@ -148,19 +148,28 @@ class Replay:
         self.dead_letter(received, UNDECODABLE, received.error or "")
         batch.passed.append(received)
 
-    def hold_back(self, received: Received, batch: Batch) -> None:
-        """Leave this message and the rest of its partition unapplied: rewind to it and pause the partition."""
+    def hold_back(self, received: Received, batch: Batch, applied_in_part: bool = False) -> None:
+        """Leave this message (or, applied in part, its rest) and the rest of its partition unapplied: rewind to it
+        and pause the partition."""
         topic, partition = where = received.where
         self.intake.forget(where)
         self._consumer.seek(TopicPartition(topic, partition, received.first_offset))
         self._consumer.pause([TopicPartition(topic, partition)])
         batch.held.add(where)
         batch.held_from[where] = received.first_offset
+        state = self.partitions[where]
+        state.waiting_at(received.first_offset)
+        if applied_in_part and received.events:
+            # Its events up to the exit point are applied with this batch; those after it come later.
+            assert self.gates.exit_point is not None
+            state.applied_in_part(self.gates.exit_point.exit_at, received.events[-1].position)
+            self.sequencer.saw(where, self.gates.exit_point.exit_at)
+            return
         # Changes of a partition are in source order: those before the held message are done (applied or held).
         first = next(iter(received.events), None)
         ts = None if first is None else first.fields.get("ts")
         if isinstance(ts, Timestamp):
-            self.partitions[where].held_at(ts)
+            state.held_at(ts)
             self.sequencer.saw(where, position.predecessor(ts))
 
     # ---------------------------------------------------------------------------------------------- applying
@@ -183,6 +192,7 @@ class Replay:
         changes moving between instances' partitions, each such step waits for this)."""
         if self._pending is None and self.sequencer.held():
             self._start_apply(Batch())
+            self.settle()  # its checkpoint is what the other instances wait for
 
     def _write(self, events: list[Event]) -> ApplyReport:
         started = time.perf_counter()

@@ -53,6 +53,8 @@ CONSUMER_DEFAULTS: dict[str, Any] = {
 # How often the ids of the topics read are checked (a topic deleted and re-created keeps its name, not its id).
 TOPIC_ID_CHECK_S = 5.0
 EXIT_WAIT_LOG_S = 30.0
+# While changes are held for source order, polls return this often so other instances' progress is seen soon.
+HELD_POLL_TIMEOUT_S = 0.02
 
 
 class ConsumerRun:
@@ -94,7 +96,7 @@ class ConsumerRun:
         dead_letters = (DeadLetters(settings.kafka.client_config({}), settings.dead_letter_topic,
                                     settings.subscription.group_id, self.kafka_health)
                         if problems.on_error is OnError.DLQ else None)
-        unique_indexes = UniqueIndexes(self.destination)
+        unique_indexes = self._unique_indexes = UniqueIndexes(self.destination)
 
         def has_unique_index(ns: str) -> bool:
             return self._call(lambda: unique_indexes(ns), "reading the indexes")
@@ -116,6 +118,7 @@ class ConsumerRun:
     def _apply_barrier(self, received: Received) -> None:
         """The DDL of a barrier every partition reached, applied once."""
         report = self._call(lambda: self._applier.apply(received.events), "applying DDL")
+        self._unique_indexes.forget()  # a collection or index created or dropped: which are ordered may change
         self.replay.account(report)
         for rejection in report.rejected:
             self.replay.dead_letter(received, rejection.reason, rejection.error, rejection.event)
@@ -237,8 +240,10 @@ class ConsumerRun:
             self.consumer.pause([TopicPartition(topic, partition)])
         self._notice_recreated_topics()
         settings = self.settings.subscription
-        messages = self.consumer.consume(settings.batch_max_messages,
-                                         self.replay.gates.delay.seconds_until_next(settings.poll_timeout_s))
+        timeout = self.replay.gates.delay.seconds_until_next(settings.poll_timeout_s)
+        if self.replay.sequencer.held():  # waiting on other instances' checkpoints, read between polls
+            timeout = min(timeout, HELD_POLL_TIMEOUT_S)
+        messages = self.consumer.consume(settings.batch_max_messages, timeout)
         if messages:
             self.replay.handle([message for message in messages if self._usable(message)])
             self._mark_read_to_end(messages)
@@ -301,7 +306,9 @@ class ConsumerRun:
 
     def _held(self) -> set[PartitionKey]:
         replay = self.replay
-        return set(replay.gates.delay.paused) | set(replay.barriers.waiting) | replay.sequencer.paused()
+        exit_point = replay.gates.exit_point
+        return (set(replay.gates.delay.paused) | set(replay.barriers.waiting) | replay.sequencer.paused()
+                | (exit_point.waiting() if exit_point is not None else set()))
 
     def _on_statistics(self, document: str) -> None:
         """librdkafka's statistics (every statistics.interval.ms) already hold each partition's lag in messages."""
