@@ -279,7 +279,9 @@ class Replay:
     def _commit(self, positions: list[PartitionPosition]) -> None:
         offsets = [TopicPartition(p.topic, p.partition, p.offset + 1, metadata=p.topic_id or "") for p in positions]
         try:
-            self._consumer.commit(offsets=offsets, asynchronous=False)
+            # Asynchronous: librdkafka defers a synchronous commit until it finds a group coordinator, so with Kafka
+            # down the consumer would hang there, silent. Failures come back through on_commit.
+            self._consumer.commit(offsets=offsets, asynchronous=True)
         except KafkaException as exc:
             # The destination checkpoint already holds these positions; a failed commit only means the
             # next owner of the partition starts from there instead.

@@ -71,7 +71,8 @@ class ConsumerRun:
                                                              or settings.subscription.topic_pattern, group=group),
                                         settings.process.startup_timeout_s)
         config = settings.kafka.client_config({**CONSUMER_DEFAULTS, "group.id": group,
-                                               "stats_cb": self._on_statistics, **self.kafka_health.client_options()})
+                                               "stats_cb": self._on_statistics, "on_commit": self._on_commit,
+                                               **self.kafka_health.client_options()})
         self._incremental = assignment.is_incremental(config)
         self.consumer = Consumer(config)
         self.admin = AdminClient({**admin_config(config), **self.kafka_health.client_options()})
@@ -309,6 +310,13 @@ class ConsumerRun:
         exit_point = replay.gates.exit_point
         return (set(replay.gates.delay.paused) | set(replay.barriers.waiting) | replay.sequencer.paused()
                 | (exit_point.waiting() if exit_point is not None else set()))
+
+    def _on_commit(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        failed = [f"{tp.topic}/{tp.partition}" for tp in partitions if tp.error is not None]
+        if error is not None or failed:
+            # The destination checkpoint already holds these positions: the next owner starts from there instead.
+            self._kafka_warnings.warning("offset commit failed; the destination checkpoint covers it",
+                                         error=str(error) if error is not None else "", partitions=failed[:8])
 
     def _on_statistics(self, document: str) -> None:
         """librdkafka's statistics (every statistics.interval.ms) already hold each partition's lag in messages."""

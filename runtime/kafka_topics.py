@@ -28,7 +28,7 @@ CLIENT_SPECIFIC = frozenset({
     "enable.auto.commit", "enable.auto.offset.store", "auto.offset.reset", "enable.partition.eof", "stats_cb",
     "statistics.interval.ms", "session.timeout.ms", "heartbeat.interval.ms", "topic.metadata.refresh.interval.ms",
     "max.poll.interval.ms", "fetch.wait.max.ms", "batch.size", "group.protocol", "group.instance.id",
-    "partition.assignment.strategy", "error_cb", "logger", "message.timeout.ms",
+    "partition.assignment.strategy", "error_cb", "logger", "message.timeout.ms", "on_commit",
 })
 
 
