@@ -25,6 +25,8 @@ def get(port: int, path: str) -> tuple[int, str]:
             return response.status, response.read().decode()
     except urllib.error.HTTPError as error:
         return error.code, error.read().decode()
+    except urllib.error.URLError as error:  # not listening yet: a process still starting on a busy machine
+        return 0, str(error.reason)
 
 
 def post(port: int, body: dict, token: str | None = None) -> tuple[int, dict]:
