@@ -137,12 +137,9 @@ class PartitionState:
         self.complete_as_of = max((t for t in times if t is not None), default=None)
         self.changed = True
 
-    def checkpoint(self, where: PartitionKey, first_held: FirstHeld | None,
-                   held_from: int | None) -> PartitionPosition | None:
+    def checkpoint(self, where: PartitionKey, first_held: FirstHeld | None) -> PartitionPosition | None:
         """Where the partition stands for its checkpoint: never past its oldest change the sequencer holds."""
         offset, watermark = self.offset, self.complete_through
-        if offset is None and held_from is not None:
-            offset = held_from - 1
         done = self.applied_here
         if first_held is not None:
             offset = first_held.first_offset - 1 if offset is None else min(offset, first_held.first_offset - 1)

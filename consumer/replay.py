@@ -49,7 +49,6 @@ class Batch:
     partly: list[Received] = field(default_factory=list)
     passed: list[Received] = field(default_factory=list)
     held: set[PartitionKey] = field(default_factory=set)
-    held_from: dict[PartitionKey, int] = field(default_factory=dict)
 
     def applying(self) -> list[Received]:
         return self.to_apply + self.partly
@@ -156,7 +155,6 @@ class Replay:
         self._consumer.seek(TopicPartition(topic, partition, received.first_offset))
         self._consumer.pause([TopicPartition(topic, partition)])
         batch.held.add(where)
-        batch.held_from[where] = received.first_offset
         state = self.partitions[where]
         state.waiting_at(received.first_offset)
         if applied_in_part and received.events:
@@ -263,7 +261,7 @@ class Replay:
         for where, state in self.partitions.items():
             if not state.changed:
                 continue
-            checkpoint = state.checkpoint(where, self.sequencer.first_held(where), batch.held_from.get(where))
+            checkpoint = state.checkpoint(where, self.sequencer.first_held(where))
             if checkpoint is not None:
                 saved.append(checkpoint)
         if not saved:

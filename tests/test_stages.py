@@ -161,7 +161,7 @@ def test_a_restart_skips_what_was_applied_and_replays_the_rest_convergently() ->
     for event in taken:
         owner.applied_event(event.position)
     owner.passed(batch, None)
-    saved = owner.checkpoint(("t", 0), sequencer.first_held(("t", 0)), None)
+    saved = owner.checkpoint(("t", 0), sequencer.first_held(("t", 0)))
     assert saved is not None and saved.offset == 4, "the checkpoint stays before the held change's message"
     assert saved.done_through == (5, 1) and saved.applied_through == (5, 3)
 
@@ -178,7 +178,7 @@ def test_a_message_applied_in_part_at_the_exit_point_is_not_applied_twice_when_r
     state.waiting_at(message.first_offset)
     state.applied_in_part(Timestamp(100, 5), message.events[1].position)
     assert state.watermark == Timestamp(100, 5), "complete through the exit point"
-    saved = state.checkpoint(("t", 0), None, None)
+    saved = state.checkpoint(("t", 0), None)
     assert saved is not None and saved.offset == 6, "a checkpoint before the message, though none went through"
     again = received(0, 7, ("i", 3, "d.plain"), ("i", 4, "d.plain"), ("i", 9, "d.plain"))
     assert state.mark_replayed(again) == 2 and [e.fields["ts"].inc for e in again.events] == [9]
