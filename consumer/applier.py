@@ -235,6 +235,8 @@ class Applier:
             try:
                 collection.bulk_write([w.request for w in writes], ordered=True)
             except BulkWriteError as exc:
+                if is_transient(exc):
+                    raise  # the batch is applied again (convergently) once the destination is back
                 first = exc.details["writeErrors"][0]
                 failed, done = writes[first["index"]], writes[: first["index"]]
                 self._written(report, done)

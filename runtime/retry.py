@@ -20,9 +20,15 @@ TRANSIENT_MONGO_ERRORS = (
     mongo_errors.WaitQueueTimeoutError,
 )
 # NotWritablePrimary, InterruptedAtShutdown, InterruptedDueToReplStateChange, PrimarySteppedDown,
-# ShutdownInProgress, HostUnreachable, HostNotFound, NetworkTimeout, SocketException, ExceededTimeLimit, and
-# CursorNotFound (43: a tailing cursor killed while paused or idle is simply reopened)...
-TRANSIENT_MONGO_CODES = frozenset({6, 7, 43, 89, 91, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436})
+# ShutdownInProgress, HostUnreachable, HostNotFound, NetworkTimeout, SocketException, ExceededTimeLimit,
+# WriteConflict (112), and CursorNotFound (43: a tailing cursor killed while paused or idle is simply reopened).
+TRANSIENT_MONGO_CODES = frozenset({6, 7, 43, 89, 91, 112, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436})
+
+
+def is_transient_write_error(error: dict) -> bool:  # type: ignore[type-arg]
+    """One entry of a bulk write's `writeErrors`: a primary stepping down mid-batch is reported there, per write,
+    not as a failed command."""
+    return error.get("code") in TRANSIENT_MONGO_CODES or "RetryableWriteError" in (error.get("errorLabels") or [])
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -33,8 +39,10 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, mongo_errors.OperationFailure) and exc.code in TRANSIENT_MONGO_CODES:
         return True
     if isinstance(exc, mongo_errors.BulkWriteError):
-        errors = exc.details.get("writeConcernErrors") or []
-        return bool(errors) and all(e.get("code") in TRANSIENT_MONGO_CODES for e in errors)
+        write_errors = exc.details.get("writeErrors") or []
+        concern_errors = exc.details.get("writeConcernErrors") or []
+        return (bool(write_errors or concern_errors) and all(is_transient_write_error(e) for e in write_errors)
+                and all(e.get("code") in TRANSIENT_MONGO_CODES for e in concern_errors))
     return False
 
 

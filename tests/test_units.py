@@ -211,3 +211,21 @@ def test_snapshot_document_id_reads_common_id_types_from_the_leading_bytes() -> 
         document = RawBSONDocument(bson.encode({"_id": value, "x": 1}))
         assert bson.encode({"": document_id(document)}) == bson.encode({"": value})
     assert document_id(RawBSONDocument(bson.encode({"x": 1, "_id": 7}))) == 7
+
+
+def test_a_primary_stepping_down_mid_bulk_write_is_retried_not_refused() -> None:
+    from pymongo.errors import BulkWriteError
+
+    from kafkashake.runtime.retry import is_transient
+
+    def failed(*write_errors: dict, concern: list | None = None) -> BulkWriteError:  # type: ignore[type-arg]
+        return BulkWriteError({"writeErrors": list(write_errors), "writeConcernErrors": concern or [], "nInserted": 3})
+
+    # mongod reports NotWritablePrimary and its kind per write, in writeErrors, when the primary steps down mid-batch
+    assert is_transient(failed({"index": 3, "code": 10107, "errmsg": "not primary"}))
+    assert is_transient(failed({"index": 0, "code": 1, "errmsg": "x", "errorLabels": ["RetryableWriteError"]}))
+    assert is_transient(failed(concern=[{"code": 91, "errmsg": "shutting down"}]))
+    assert not is_transient(failed({"index": 3, "code": 11000, "errmsg": "E11000 duplicate key"}))
+    assert not is_transient(failed({"index": 0, "code": 121, "errmsg": "Document failed validation"}))
+    assert not is_transient(failed({"index": 0, "code": 10107}, concern=[{"code": 64, "errmsg": "wtimeout"}]))
+    assert not is_transient(failed())
