@@ -49,7 +49,7 @@ def test_change_stream_replicates_across_a_producer_kill9(source, destination, b
     producer.start()
     wait_until(lambda: producer.log().count("producer started") == 2, 60, "the producer started again")
     assert done.wait(300)
-    wait_equal(source, destination, "shop")
+    wait_equal(source, destination, "shop", trace=(brokers, topic))
     assert producer.terminate() == 0 and consumer.terminate() == 0
 
 

@@ -18,7 +18,7 @@ from conftest import FAST_GROUP, ROOT, checkpointed, client, consumer_args, endp
 from kafkashake.demo import embedded, workload
 from kafkashake.schemas import fragments, headers
 from kafkashake.schemas.codec import decode_events, sniff
-from kafkashake.schemas.partitioning import PartitionBy, message_key, partition_for
+from kafkashake.schemas.partitioning import PartitionBy, key_text, message_key, partition_for
 
 pytestmark = pytest.mark.e2e
 
@@ -27,7 +27,8 @@ def producer_args(source, brokers: str, topic: str, *extra: str) -> list[str]:
     return conftest.producer_args(source, brokers, topic, "--start-position", "earliest", *extra)
 
 
-def wait_equal(source, destination, db: str, timeout: float = 120) -> None:
+def wait_equal(source, destination, db: str, timeout: float = 120, trace: tuple[str, str] | None = None) -> None:
+    """`trace`: (brokers, topic) — on failure, also list every message of the topic that touches a differing document."""
     src, dst = client(source)[db], client(destination)[db]
     last: list[list[str]] = [[]]
 
@@ -38,7 +39,38 @@ def wait_equal(source, destination, db: str, timeout: float = 120) -> None:
     try:
         wait_until(equal, timeout, "destination never equalled source")
     except pytest.fail.Exception:
-        pytest.fail("destination differs from source:\n" + "\n".join(last[0][:20]))
+        report = last[0][:20]
+        if trace is not None:
+            report += trace_documents(*trace, differing_ids(src, dst))
+        pytest.fail("destination differs from source:\n" + "\n".join(report))
+
+
+def differing_ids(src, dst) -> dict[str, list]:
+    """Per collection, the `_id`s whose documents differ (or exist on one side only)."""
+    found: dict[str, list] = {}
+    for name in sorted(set(src.list_collection_names()) | set(dst.list_collection_names())):
+        a = {key_text(d["_id"]): bson.encode(d) for d in src[name].find()}
+        b = {key_text(d["_id"]): bson.encode(d) for d in dst[name].find()}
+        ids = [key for key in set(a) | set(b) if bson.decode(a.get(key, b"\x05\x00\x00\x00\x00")) !=
+               bson.decode(b.get(key, b"\x05\x00\x00\x00\x00"))]
+        if ids:
+            found[f"{src.name}.{name}"] = ids
+    return found
+
+
+def trace_documents(brokers: str, topic: str, ids: dict[str, list]) -> list[str]:
+    """Where each differing document's changes sit in the topic: partition@offset, operation, source time."""
+    lines = []
+    for message in read_topic(brokers, topic):
+        for event in decode_events(message.value(), headers.as_dict(message.headers()).get(headers.JSON_RENDERING)):
+            ns = event.get("ns")
+            ns = f"{ns.get('db')}.{ns.get('coll')}" if isinstance(ns, dict) else ns
+            key = event.get("documentKey") or event.get("o2") or event.get("o") or {}
+            document_id = key.get("_id") if isinstance(key, dict) else None
+            if ns in ids and key_text(document_id) in ids[ns]:
+                lines.append(f"  {ns} {document_id!r}: {message.partition()}@{message.offset()} "
+                             f"{event.get('operationType', event.get('op'))} {event.get('clusterTime', event.get('ts'))}")
+    return lines or ["  (no message of the topic touches the differing documents)"]
 
 
 class WholeMessage:
