@@ -5,8 +5,11 @@ operations on one document keep their order: one for a collection with a unique 
 depend on each other), else one per lane, documents spread over the lanes by `_id`. Namespaces and lanes are written
 concurrently, so a distant destination costs one round trip per run, not one per namespace. Updates are computed in memory from the
 document as it stands (fetched once per run with `$in`, in chunks) and written as replacements: this reproduces
-mongod's diff semantics exactly and shows whether the document existed. An update on a document that an
-insert earlier in the same run touched closes the run first, because the insert's outcome is not yet known.
+mongod's diff semantics exactly and shows whether the document existed. Where a document's every change in the run
+is a diff that `$set`/`$unset` reproduce exactly (document_update.as_update_operators) and its collection has no
+unique index besides `_id`, mongod applies the updates itself, unread; one that matched nothing is told by its
+document's absence afterwards. An update on a document that an insert earlier in the same run touched closes the run
+first, because the insert's outcome is not yet known.
 
 Changes of collections with a unique index besides `_id` come in source order (consumer/sequencer.py). Changes
 that share a source time (a transaction's) may still come in another order than the source applied them: a write
@@ -26,13 +29,13 @@ import bson
 from pymongo import MongoClient
 from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
 
-from kafkashake.consumer.conflicts import DUPLICATE_KEY, Conflict
+from kafkashake.consumer.conflicts import DUPLICATE_KEY, UPDATE_MISSING, Conflict
 from kafkashake.consumer.dead_letters import REJECTED, UNKNOWN_OP
 from kafkashake.consumer.decoder import Event
 from kafkashake.consumer.ddl import apply_command, command_name
 from kafkashake.consumer.settings import ReplayPolicy
 from kafkashake.oplog.namespaces import command_target
-from kafkashake.consumer.write_plan import Write, ids_to_read, plan
+from kafkashake.consumer.write_plan import Write, ids_to_read, plan, split_direct_updates
 from kafkashake.oplog.entry import CHANGE_STREAM_DDL, is_internal_namespace
 from kafkashake.runtime.errors import FatalError
 from kafkashake.runtime.retry import is_transient
@@ -214,12 +217,33 @@ class Applier:
 
     def _write(self, ns: str, writes: list[Write], report: ApplyReport) -> None:
         collection = self._collection(ns)
+        direct: list[Write] = []
+        # With a unique index, documents' changes depend on each other: they stay in one ordered bulk write.
+        if collection.write_concern.acknowledged and not self._has_unique_index(ns):
+            direct, writes = split_direct_updates(writes, self._policy)
         planned = plan(writes, self._read(collection, ids_to_read(writes)), self._policy)
         report.conflicts += planned.conflicts
         report.passed_over.update(planned.passed_over)
         for event, reason, error in planned.unapplicable:
             self._reject(report, event, reason, error)
         self._execute(collection, planned.writes, report)
+        if direct:
+            self._update_directly(collection, direct, report)
+
+    def _update_directly(self, collection, writes: list[Write], report: ApplyReport) -> None:  # type: ignore[no-untyped-def]
+        """Updates mongod applies from their diffs alone. Each document here has nothing but such updates in the
+        run, so one that matched nothing is one whose document is absent now: those are the conflicts."""
+        applied_before = report.applied["u"]
+        matched = self._execute(collection, writes, report)
+        if matched >= report.applied["u"] - applied_before:
+            return
+        present = set()
+        for chunk in id_chunks(list({w.key: w.document_id for w in writes}.values())):
+            present.update(key_text(document["_id"]) for document in collection.find({"_id": {"$in": chunk}}, {"_id": 1}))
+        for w in writes:
+            if w.key not in present:
+                report.applied["u"] -= 1
+                report.conflicts.append(Conflict(UPDATE_MISSING, w.event, None, "no document matches the update's _id"))
 
     @staticmethod
     def _read(collection, ids: list[Any]) -> dict[str, Any]:  # type: ignore[no-untyped-def]
@@ -230,13 +254,16 @@ class Applier:
                 documents[key_text(document["_id"])] = document
         return documents
 
-    def _execute(self, collection, writes: list[Write], report: ApplyReport) -> None:  # type: ignore[no-untyped-def]
+    def _execute(self, collection, writes: list[Write], report: ApplyReport) -> int:  # type: ignore[no-untyped-def]
+        """Write in order; returns how many documents the updates and replacements matched."""
+        matched = 0
         while writes:
             try:
-                collection.bulk_write([w.request for w in writes], ordered=True)
+                result = collection.bulk_write([w.request for w in writes], ordered=True)
             except BulkWriteError as exc:
                 if is_transient(exc):
                     raise  # the batch is applied again (convergently) once the destination is back
+                matched += exc.details.get("nMatched", 0)
                 first = exc.details["writeErrors"][0]
                 failed, done = writes[first["index"]], writes[: first["index"]]
                 self._written(report, done)
@@ -248,7 +275,8 @@ class Applier:
                     writes = self._duplicate(collection, failed, first, writes[first["index"] + 1:], report)
                 continue
             self._written(report, writes)
-            return
+            return matched + result.matched_count
+        return matched
 
     @staticmethod
     def _written(report: ApplyReport, writes: list[Write]) -> None:

@@ -257,3 +257,45 @@ def apply_modifiers(document: Mapping[str, Any], update: Mapping[str, Any]) -> d
         else:
             raise UpdateFormatError(f"update operator {operator!r} does not occur in oplog updates")
     return result
+
+
+# ------------------------------------------------------------------------------------- mongod applies it itself
+
+
+def as_update_operators(update: Mapping[str, Any], form: str | None = None) -> dict[str, Any] | None:
+    """`$set`/`$unset` that make mongod do exactly what a `$v: 2` diff (mongod's dialect) does, so the document need
+    not be read first: for diffs that only update top-level fields in place (`u`, names in ascending order, so a
+    field the destination lacks is appended where the diff would append it) and remove top-level fields (`d`).
+    None for anything else: `i` (which also moves an existing field to the end), sub-diffs (a no-op on a missing
+    parent, null on a scalar one, where `$set` creates or fails), array and binary diffs, names a path cannot spell
+    (empty, dotted, `$`-prefixed, array-index-like) and values holding such names."""
+    if form is not None or update.get("$v") != 2 or len(update) != 2:
+        return None
+    diff = update.get("diff")
+    if not isinstance(diff, Mapping) or not diff or not set(diff) <= {"u", "d"}:
+        return None
+    sets, unsets = diff.get("u", {}), diff.get("d", {})
+    if not isinstance(sets, Mapping) or not isinstance(unsets, Mapping) or not all(map(_is_path_name, unsets)):
+        return None
+    names = list(sets)
+    if names != sorted(names) or not all(_is_path_name(name) and _storable_as_set(sets[name]) for name in names):
+        return None
+    operators: dict[str, Any] = {}
+    if sets:
+        operators["$set"] = dict(sets)
+    if unsets:
+        operators["$unset"] = {name: "" for name in unsets}
+    return operators or None
+
+
+def _is_path_name(name: str) -> bool:
+    return bool(name) and "." not in name and not name.startswith("$") and not name.isdigit()
+
+
+def _storable_as_set(value: Any) -> bool:
+    if isinstance(value, Mapping):
+        return all(isinstance(name, str) and name != "" and "." not in name and not name.startswith("$")
+                   and _storable_as_set(item) for name, item in value.items())
+    if isinstance(value, list):
+        return all(_storable_as_set(item) for item in value)
+    return True

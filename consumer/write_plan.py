@@ -11,12 +11,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from pymongo import DeleteOne, InsertOne, ReplaceOne
+from pymongo import DeleteOne, InsertOne, ReplaceOne, UpdateOne
 
 from kafkashake.consumer.conflicts import UPDATE_MISSING, Conflict
 from kafkashake.consumer.dead_letters import UNAPPLICABLE_UPDATE
 from kafkashake.consumer.decoder import Event
-from kafkashake.consumer.document_update import UpdateFormatError, apply_update
+from kafkashake.consumer.document_update import UpdateFormatError, apply_update, as_update_operators
 from kafkashake.consumer.settings import ReplayPolicy
 from kafkashake.schemas.partitioning import key_text
 
@@ -46,6 +46,33 @@ class Plan:
     # (event, reason, error) for updates that cannot be applied to their document
     unapplicable: list[tuple[Event, str, str]] = field(default_factory=list)
     passed_over: Counter = field(default_factory=Counter)
+
+
+def split_direct_updates(writes: list[Write], policy: ReplayPolicy) -> tuple[list[Write], list[Write]]:
+    """(direct, planned): the writes of documents whose every change in the run is an update mongod can apply from
+    its diff alone (`as_update_operators`) get an `UpdateOne` and need no read of the document; the others are left
+    to `plan`. A direct update that matches nothing is found out afterwards (`Applier`). With --upsert every update
+    is planned: an upsert builds the document from the update, which needs the planned path's semantics."""
+    if policy.upsert:
+        return [], writes
+    operators: dict[int, dict[str, Any]] = {}
+    direct_keys: dict[str, bool] = {}
+    for w in writes:
+        event = w.event
+        translated = None
+        if event.op == "u" and not (event.converge or event.replayed):
+            translated = as_update_operators(event.fields["o"], event.fields.get("o_form"))
+        if translated is not None:
+            operators[id(w)] = translated
+        direct_keys[w.key] = direct_keys.get(w.key, True) and translated is not None
+    direct, planned = [], []
+    for w in writes:
+        if direct_keys[w.key]:
+            w.request = UpdateOne({"_id": w.document_id}, operators[id(w)])
+            direct.append(w)
+        else:
+            planned.append(w)
+    return direct, planned
 
 
 def ids_to_read(writes: list[Write]) -> list[Any]:

@@ -7,7 +7,7 @@ from bson.binary import UuidRepresentation
 from bson.codec_options import CodecOptions
 
 from conftest import load_fixture_lines
-from kafkashake.consumer.document_update import UpdateFormatError, apply_update
+from kafkashake.consumer.document_update import UpdateFormatError, apply_update, as_update_operators
 
 CASES = load_fixture_lines("diff_cases.jsonl")
 EXACT = CodecOptions(uuid_representation=UuidRepresentation.UNSPECIFIED)
@@ -63,3 +63,25 @@ def test_input_document_is_not_modified() -> None:
 def test_unknown_update_operator_is_an_error() -> None:
     with pytest.raises(UpdateFormatError):
         apply_update({"_id": 1}, {"$inc": {"a": 1}})
+
+
+def test_only_diffs_mongod_applies_identically_become_update_operators() -> None:
+    def diff(**sections: object) -> dict:  # type: ignore[type-arg]
+        return {"$v": 2, "diff": sections}
+
+    assert as_update_operators(diff(u={"n": -1, "name": "x"}, d={"gone": False})) == {
+        "$set": {"n": -1, "name": "x"}, "$unset": {"gone": ""}}
+    refused = [
+        diff(i={"new": 1}),  # also moves a field that exists to the end
+        diff(u={"name": "x", "n": 1}),  # a field the destination lacks would be appended in another order
+        diff(sa={"u": {"b": 1}}),  # a no-op on a missing parent, null on a scalar one
+        diff(sa={"a": True, "u0": 1}),
+        diff(b={"blob": {"o": 0, "d": "AA=="}}),
+        diff(u={"a.b": 1}), diff(u={"$x": 1}), diff(u={"0": 1}), diff(u={"": 1}), diff(d={"a.b": False}),
+        diff(u={"doc": {"$lookalike": 1}}), diff(u={"list": [{"dotted.name": 1}]}),
+        diff(),
+        {"$v": 2, "diff": {"updatedFields": {"n": 1}}},  # the change-stream dialect: paths are ambiguous
+        {"$set": {"n": 1}},
+    ]
+    assert [as_update_operators(update) for update in refused] == [None] * len(refused)
+    assert as_update_operators(diff(u={"n": 1}), "updateDescription") is None

@@ -8,8 +8,11 @@ from bson.codec_options import CodecOptions
 from bson.raw_bson import RawBSONDocument
 from bson.timestamp import Timestamp
 
+import pytest
+
 from conftest import client, load_fixture_lines, unique
 from kafkashake.consumer.applier import Applier
+from kafkashake.consumer.document_update import as_update_operators
 from kafkashake.consumer.decoder import decode_message
 
 EXACT = CodecOptions(uuid_representation=UuidRepresentation.UNSPECIFIED)
@@ -20,14 +23,20 @@ def as_message(event: dict) -> bytes:
     return bson.encode(event, codec_options=EXACT)
 
 
-def test_every_diff_case_through_the_write_path(shared_mongo) -> None:
+@pytest.mark.parametrize("written_as", ["replacements", "update operators where they are exact"])
+def test_every_diff_case_through_the_write_path(shared_mongo, written_as: str) -> None:
     cases = load_fixture_lines("diff_cases.jsonl")
     mongo = client(shared_mongo)
     db_name = unique("diffcases")
     collection = mongo[db_name].get_collection("cases", codec_options=EXACT)
     for number, case in enumerate(cases):
         collection.insert_one({"_id": number, **case["before"]})
-    applier = Applier(mongo, frozenset())
+    # The consumer reads documents and writes replacements for collections with a unique index; else it has mongod
+    # apply the diffs it can express as $set/$unset itself.
+    direct = written_as != "replacements"
+    applier = Applier(mongo, frozenset(), has_unique_index=lambda ns: not direct)
+    if direct:
+        assert sum(as_update_operators(case["oplog_o"]) is not None for case in cases) >= 10
     events = []
     for number, case in enumerate(cases):
         update = {"ts": Timestamp(1, number + 1), "op": "u", "ns": f"{db_name}.cases", "o": case["oplog_o"],
@@ -92,3 +101,28 @@ def test_every_real_ddl_entry_applies_with_ddl(shared_mongo) -> None:
     assert applied >= 15 and applied + passed >= 20
     indexes = mongo[f"{prefix}commit_index"]["test"].index_information() if "test" in mongo[f"{prefix}commit_index"].list_collection_names() else {}
     assert all("entryFormat" not in spec and "ns" not in spec for spec in indexes.values())
+
+
+def test_updates_mongod_applies_itself_still_report_each_missing_document(shared_mongo) -> None:
+    mongo = client(shared_mongo)
+    db_name = unique("direct")
+    collection = mongo[db_name].get_collection("c", codec_options=EXACT)
+    collection.insert_many([{"_id": 1, "n": 0}, {"_id": 2, "n": 0}, {"_id": 3, "n": 0}])
+    applier = Applier(mongo, frozenset(), has_unique_index=lambda ns: False)
+
+    def change(number: int, op: str, o: dict, o2: dict | None = None) -> dict:
+        return {"ts": Timestamp(2, number), "op": op, "ns": f"{db_name}.c", "o": o, **({"o2": o2} if o2 else {})}
+
+    def set_n(value: int) -> dict:
+        return {"$v": 2, "diff": {"u": {"n": value}}}
+
+    changes = [change(1, "u", set_n(1), {"_id": 1}), change(2, "u", set_n(1), {"_id": 99}),
+               change(3, "u", set_n(1), {"_id": 2}), change(4, "u", set_n(2), {"_id": 2}),
+               change(5, "d", {"_id": 3}), change(6, "u", set_n(1), {"_id": 3}),
+               change(7, "u", set_n(1), {"_id": 98}), change(8, "i", {"_id": 4, "n": 0}),
+               change(9, "u", set_n(7), {"_id": 4})]
+    events = [event for offset, c in enumerate(changes) for event in decode_message(as_message(c), "t", 0, offset)]
+    report = applier.apply(events)
+    assert sorted(conflict.event.fields["o2"]["_id"] for conflict in report.conflicts) == [3, 98, 99]
+    assert report.applied == {"u": 4, "d": 1, "i": 1}
+    assert list(collection.find(sort=[("_id", 1)])) == [{"_id": 1, "n": 1}, {"_id": 2, "n": 2}, {"_id": 4, "n": 7}]
