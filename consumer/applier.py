@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import bson
-from pymongo import MongoClient
+from pymongo import MongoClient, ReadPreference, ReplaceOne, UpdateOne
 from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
 
 from kafkashake.consumer.conflicts import DUPLICATE_KEY, UPDATE_MISSING, Conflict
@@ -77,6 +77,21 @@ class ApplyReport:
         self.rejected += other.rejected
 
 
+@dataclass
+class Outcome:
+    """What one namespace's ordered bulk writes did: the writes that went through, and how many documents their
+    updates and replacements matched or upserted (each such write does one or the other unless it missed)."""
+
+    written: list[Write] = field(default_factory=list)
+    matched: int = 0
+    updates_written: int = 0
+
+    def add(self, writes: list[Write], matched: int) -> None:
+        self.written += writes
+        self.matched += matched
+        self.updates_written += sum(isinstance(w.request, (UpdateOne, ReplaceOne)) for w in writes)
+
+
 class _Run:
     def __init__(self) -> None:
         self.writes: dict[str, list[Write]] = defaultdict(list)
@@ -114,8 +129,11 @@ class Applier:
         report.rejected.append(Rejection(event, reason, error))
 
     def _collection(self, ns: str):  # type: ignore[no-untyped-def]
+        """Read from the primary whatever the URI says: replacements are computed from what is read, and a lagging
+        secondary would hand out a document the writes have moved past."""
         db, _, coll = ns.partition(".")
-        return self._client.get_database(db, codec_options=EVENT_CODEC_OPTIONS)[coll]
+        return self._client.get_database(db, codec_options=EVENT_CODEC_OPTIONS,
+                                         read_preference=ReadPreference.PRIMARY)[coll]
 
     def apply(self, events: list[Event]) -> ApplyReport:
         report = ApplyReport()
@@ -192,13 +210,15 @@ class Applier:
                     extra={"ns": f"{db}.{command['create']}"})
 
     def _flush(self, run: _Run, report: ApplyReport) -> None:
-        jobs = [(ns, lane) for ns, writes in run.writes.items() for lane in self._split(ns, writes)]
+        # Read once per run: the lanes of a namespace and their writes must agree on it.
+        in_order = {ns: self._has_unique_index(ns) for ns in run.writes}
+        jobs = [(ns, lane, in_order[ns]) for ns, writes in run.writes.items()
+                for lane in self._split(writes, in_order[ns])]
         if len(jobs) == 1:
             self._write(*jobs[0], report)
             return
         lane_reports = [ApplyReport() for _ in jobs]
-        futures = [self._writers.submit(self._write, ns, writes, lane_report)
-                   for (ns, writes), lane_report in zip(jobs, lane_reports)]
+        futures = [self._writers.submit(self._write, *job, lane_report) for job, lane_report in zip(jobs, lane_reports)]
         for future in futures:
             future.exception()  # every lane finishes before any error is raised
         for future in futures:
@@ -206,41 +226,44 @@ class Applier:
         for lane_report in lane_reports:
             report.merge(lane_report)
 
-    def _split(self, ns: str, writes: list[Write]) -> list[list[Write]]:
-        """The lanes of one namespace's writes; a document's writes stay in one lane, in order."""
-        if self._lanes == 1 or len(writes) < 2 * self._lanes or self._has_unique_index(ns):
+    def _split(self, writes: list[Write], in_source_order: bool) -> list[list[Write]]:
+        """The lanes of one namespace's writes; a document's writes stay in one lane, in order. A collection with a
+        unique index besides `_id` keeps one lane: its documents' changes depend on each other."""
+        if self._lanes == 1 or len(writes) < 2 * self._lanes or in_source_order:
             return [writes]
         lanes: list[list[Write]] = [[] for _ in range(self._lanes)]
         for write in writes:
             lanes[hash(write.key) % self._lanes].append(write)
         return [lane for lane in lanes if lane]
 
-    def _write(self, ns: str, writes: list[Write], report: ApplyReport) -> None:
+    def _write(self, ns: str, writes: list[Write], in_source_order: bool, report: ApplyReport) -> None:
         collection = self._collection(ns)
         direct: list[Write] = []
-        # With a unique index, documents' changes depend on each other: they stay in one ordered bulk write.
-        if collection.write_concern.acknowledged and not self._has_unique_index(ns):
-            direct, writes = split_direct_updates(writes, self._policy)
-        planned = plan(writes, self._read(collection, ids_to_read(writes)), self._policy)
+        planned_writes = writes
+        # Direct updates need a matched count to tell misses, which an unacknowledged write does not give.
+        if collection.write_concern.acknowledged and not in_source_order:
+            direct, planned_writes = split_direct_updates(writes, self._policy)
+        planned = plan(planned_writes, self._read(collection, ids_to_read(planned_writes)), self._policy)
         report.conflicts += planned.conflicts
         report.passed_over.update(planned.passed_over)
         for event, reason, error in planned.unapplicable:
             self._reject(report, event, reason, error)
-        self._execute(collection, planned.writes, report)
-        if direct:
-            self._update_directly(collection, direct, report)
-
-    def _update_directly(self, collection, writes: list[Write], report: ApplyReport) -> None:  # type: ignore[no-untyped-def]
-        """Updates mongod applies from their diffs alone. Each document here has nothing but such updates in the
-        run, so one that matched nothing is one whose document is absent now: those are the conflicts."""
-        applied_before = report.applied["u"]
-        matched = self._execute(collection, writes, report)
-        if matched >= report.applied["u"] - applied_before:
+        if not direct:
+            self._execute(collection, planned.writes, report)
             return
+        position = {id(w): index for index, w in enumerate(writes)}
+        in_order = sorted(planned.writes + direct, key=lambda w: position[id(w)])
+        outcome = self._execute(collection, in_order, report)
+        if outcome.matched < outcome.updates_written:
+            self._report_missing(collection, [w for w in outcome.written if id(w) in {id(d) for d in direct}], report)
+
+    def _report_missing(self, collection, direct: list[Write], report: ApplyReport) -> None:  # type: ignore[no-untyped-def]
+        """Some update matched nothing. Direct updates' documents have no other change in the run, so those that
+        are absent now are the ones: conflicts, as for an update planned on a missing document."""
         present = set()
-        for chunk in id_chunks(list({w.key: w.document_id for w in writes}.values())):
+        for chunk in id_chunks(list({w.key: w.document_id for w in direct}.values())):
             present.update(key_text(document["_id"]) for document in collection.find({"_id": {"$in": chunk}}, {"_id": 1}))
-        for w in writes:
+        for w in direct:
             if w.key not in present:
                 report.applied["u"] -= 1
                 report.conflicts.append(Conflict(UPDATE_MISSING, w.event, None, "no document matches the update's _id"))
@@ -254,18 +277,23 @@ class Applier:
                 documents[key_text(document["_id"])] = document
         return documents
 
-    def _execute(self, collection, writes: list[Write], report: ApplyReport) -> int:  # type: ignore[no-untyped-def]
-        """Write in order; returns how many documents the updates and replacements matched."""
-        matched = 0
+    def _execute(self, collection, writes: list[Write], report: ApplyReport) -> "Outcome":  # type: ignore[no-untyped-def]
+        """Write in order, going on after a refused write as the policy says."""
+        outcome = Outcome()
         while writes:
             try:
                 result = collection.bulk_write([w.request for w in writes], ordered=True)
             except BulkWriteError as exc:
                 if is_transient(exc):
-                    raise  # the batch is applied again (convergently) once the destination is back
-                matched += exc.details.get("nMatched", 0)
+                    raise  # the whole batch is applied again once the destination is back
+                if not exc.details.get("writeErrors"):
+                    raise FatalError(
+                        f"the destination applied writes but not their write concern: "
+                        f"{exc.details.get('writeConcernErrors')}. Check the destination replica set's health, or "
+                        "the w and wtimeoutMS of --dest-uri; the batch is applied again on restart") from exc
                 first = exc.details["writeErrors"][0]
                 failed, done = writes[first["index"]], writes[: first["index"]]
+                outcome.add(done, exc.details.get("nMatched", 0) + exc.details.get("nUpserted", 0))
                 self._written(report, done)
                 if first.get("code") not in DUPLICATE_KEY_CODES:
                     self._reject(report, failed.event, REJECTED, f"the destination rejected the event: "
@@ -274,9 +302,10 @@ class Applier:
                 else:
                     writes = self._duplicate(collection, failed, first, writes[first["index"] + 1:], report)
                 continue
+            outcome.add(writes, result.matched_count + result.upserted_count if result.acknowledged else 0)
             self._written(report, writes)
-            return matched + result.matched_count
-        return matched
+            return outcome
+        return outcome
 
     @staticmethod
     def _written(report: ApplyReport, writes: list[Write]) -> None:

@@ -275,7 +275,8 @@ def as_update_operators(update: Mapping[str, Any], form: str | None = None) -> d
     if not isinstance(diff, Mapping) or not diff or not set(diff) <= {"u", "d"}:
         return None
     sets, unsets = diff.get("u", {}), diff.get("d", {})
-    if not isinstance(sets, Mapping) or not isinstance(unsets, Mapping) or not all(map(_is_path_name, unsets)):
+    if (not isinstance(sets, Mapping) or not isinstance(unsets, Mapping) or not all(map(_is_path_name, unsets))
+            or set(sets) & set(unsets)):
         return None
     names = list(sets)
     if names != sorted(names) or not all(_is_path_name(name) and _storable_as_set(sets[name]) for name in names):

@@ -16,6 +16,7 @@ Other collections keep per-document parallelism. A partition's checkpoint never 
 from __future__ import annotations
 
 import heapq
+import logging
 import time
 from collections import deque
 from collections.abc import Callable
@@ -29,6 +30,7 @@ from kafkashake.consumer.decoder import Event
 from kafkashake.consumer.intake import PartitionKey, Received
 from kafkashake.oplog import position
 
+log = logging.getLogger("kafkashake.consumer.sequencer")
 # Above this many held changes a partition is paused (it is ahead of the others); resumed below half of it.
 HELD_PER_PARTITION = 20_000
 INDEXES_TTL_S = 30.0
@@ -50,8 +52,11 @@ class UniqueIndexes:
         try:
             ordered = any(index.get("unique") and index.get("name") != "_id_"
                           for index in self._client[db][coll].list_indexes())
-        except OperationFailure:
-            ordered = False
+        except OperationFailure as exc:  # e.g. not authorised: assume the worst, keep source order
+            log.warning("cannot list the destination collection's indexes: its changes are applied in source order "
+                        "as if it had a unique index; grant listIndexes to apply them in parallel",
+                        extra={"ns": ns, "error": str(exc)})
+            ordered = True
         except PyMongoError:
             if known is not None:
                 return known[1]

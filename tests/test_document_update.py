@@ -77,6 +77,7 @@ def test_only_diffs_mongod_applies_identically_become_update_operators() -> None
         diff(sa={"u": {"b": 1}}),  # a no-op on a missing parent, null on a scalar one
         diff(sa={"a": True, "u0": 1}),
         diff(b={"blob": {"o": 0, "d": "AA=="}}),
+        diff(u={"n": 1}, d={"n": False}),  # mongod never logs it, and refuses it as update operators
         diff(u={"a.b": 1}), diff(u={"$x": 1}), diff(u={"0": 1}), diff(u={"": 1}), diff(d={"a.b": False}),
         diff(u={"doc": {"$lookalike": 1}}), diff(u={"list": [{"dotted.name": 1}]}),
         diff(),

@@ -10,7 +10,10 @@ from bson.timestamp import Timestamp
 
 import pytest
 
-from conftest import client, load_fixture_lines, unique
+from pymongo import MongoClient
+
+from conftest import client, load_fixture_lines, unique, wait_until
+from kafkashake.demo.embedded import mongo_uri
 from kafkashake.consumer.applier import Applier
 from kafkashake.consumer.document_update import as_update_operators
 from kafkashake.consumer.decoder import decode_message
@@ -126,3 +129,38 @@ def test_updates_mongod_applies_itself_still_report_each_missing_document(shared
     assert sorted(conflict.event.fields["o2"]["_id"] for conflict in report.conflicts) == [3, 98, 99]
     assert report.applied == {"u": 4, "d": 1, "i": 1}
     assert list(collection.find(sort=[("_id", 1)])) == [{"_id": 1, "n": 1}, {"_id": 2, "n": 2}, {"_id": 4, "n": 7}]
+
+
+def test_direct_updates_keep_source_order_with_other_writes_across_lanes_and_unacknowledged(shared_mongo) -> None:
+    mongo = client(shared_mongo)
+    db_name = unique("lanes")
+    collection = mongo[db_name].get_collection("c", codec_options=EXACT)
+    collection.create_index("email", unique=True)  # which the applier is not told of: a stale index list
+    collection.insert_many([{"_id": n, "email": f"e{n}"} for n in range(0, 40, 2)])
+
+    def change(number: int, op: str, o: dict, o2: dict | None = None) -> dict:
+        return {"ts": Timestamp(3, number), "op": op, "ns": f"{db_name}.c", "o": o, **({"o2": o2} if o2 else {})}
+
+    # e0 moves from document 0 to a new document 1 in one run: in source order, the insert never collides
+    def events_of(changes: list[dict], first_offset: int) -> list:
+        return [event for offset, c in enumerate(changes, first_offset)
+                for event in decode_message(as_message(c), "t", 0, offset)]
+
+    applier = Applier(mongo, frozenset(), has_unique_index=lambda ns: False)
+    moved = applier.apply(events_of([change(1, "u", {"$v": 2, "diff": {"u": {"email": "moved"}}}, {"_id": 0}),
+                                     change(2, "i", {"_id": 1, "email": "e0"})], 0))
+    assert not moved.conflicts and moved.applied == {"u": 1, "i": 1}
+    assert collection.find_one({"_id": 1}) == {"_id": 1, "email": "e0"}
+
+    # 38 updates spread over the lanes; the odd-numbered documents do not exist
+    report = applier.apply(events_of([change(10 + n, "u", {"$v": 2, "diff": {"u": {"n": n}}}, {"_id": n})
+                                      for n in range(2, 40)], 10))
+    assert sorted(c.event.fields["o2"]["_id"] for c in report.conflicts) == list(range(3, 40, 2))
+    assert report.applied == {"u": 19}
+    assert collection.count_documents({"n": {"$exists": True}}) == 19
+
+    unacknowledged = MongoClient(mongo_uri(shared_mongo), w=0)
+    events = events_of([change(50, "u", {"$v": 2, "diff": {"u": {"w0": True}}}, {"_id": 2}),
+                        change(51, "i", {"_id": 100})], 100)
+    assert Applier(unacknowledged, frozenset(), has_unique_index=lambda ns: False).apply(events).applied == {"u": 1, "i": 1}
+    wait_until(lambda: collection.count_documents({"$or": [{"w0": True}, {"_id": 100}]}) == 2, 30, "w:0 writes land")
