@@ -255,7 +255,8 @@ class Applier:
         in_order = sorted(planned.writes + direct, key=lambda w: position[id(w)])
         outcome = self._execute(collection, in_order, report)
         if outcome.matched < outcome.updates_written:
-            self._report_missing(collection, [w for w in outcome.written if id(w) in {id(d) for d in direct}], report)
+            direct_ids = {id(w) for w in direct}
+            self._report_missing(collection, [w for w in outcome.written if id(w) in direct_ids], report)
 
     def _report_missing(self, collection, direct: list[Write], report: ApplyReport) -> None:  # type: ignore[no-untyped-def]
         """Some update matched nothing. Direct updates' documents have no other change in the run, so those that
