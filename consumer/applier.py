@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import bson
-from pymongo import MongoClient, ReadPreference, ReplaceOne, UpdateOne
+from pymongo import MongoClient, ReplaceOne, UpdateOne
 from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
 
 from kafkashake.consumer.conflicts import DUPLICATE_KEY, UPDATE_MISSING, Conflict
@@ -37,6 +37,7 @@ from kafkashake.consumer.settings import ReplayPolicy
 from kafkashake.oplog.namespaces import command_target
 from kafkashake.consumer.write_plan import Write, ids_to_read, plan, split_direct_updates
 from kafkashake.oplog.entry import CHANGE_STREAM_DDL, is_internal_namespace
+from kafkashake.runtime import mongo
 from kafkashake.runtime.errors import FatalError
 from kafkashake.runtime.retry import is_transient
 from kafkashake.schemas.codec import EVENT_CODEC_OPTIONS
@@ -129,11 +130,8 @@ class Applier:
         report.rejected.append(Rejection(event, reason, error))
 
     def _collection(self, ns: str):  # type: ignore[no-untyped-def]
-        """Read from the primary whatever the URI says: replacements are computed from what is read, and a lagging
-        secondary would hand out a document the writes have moved past."""
         db, _, coll = ns.partition(".")
-        return self._client.get_database(db, codec_options=EVENT_CODEC_OPTIONS,
-                                         read_preference=ReadPreference.PRIMARY)[coll]
+        return mongo.latest(self._client, db, codec_options=EVENT_CODEC_OPTIONS)[coll]
 
     def apply(self, events: list[Event]) -> ApplyReport:
         report = ApplyReport()
@@ -287,11 +285,12 @@ class Applier:
             except BulkWriteError as exc:
                 if is_transient(exc):
                     raise  # the whole batch is applied again once the destination is back
-                if not exc.details.get("writeErrors"):
+                if exc.details.get("writeConcernErrors"):
                     raise FatalError(
-                        f"the destination applied writes but not their write concern: "
-                        f"{exc.details.get('writeConcernErrors')}. Check the destination replica set's health, or "
-                        "the w and wtimeoutMS of --dest-uri; the batch is applied again on restart") from exc
+                        f"the destination did not confirm the write concern of writes to {collection.full_name}: "
+                        f"{exc.details['writeConcernErrors']}. Check the health of the destination's replica set "
+                        "(a secondary behind or down), or the w and wtimeoutMS of the destination URI (--dest-uri or "
+                        "--dest-uri-file); on restart the batch is applied again from the checkpoint") from exc
                 first = exc.details["writeErrors"][0]
                 failed, done = writes[first["index"]], writes[: first["index"]]
                 outcome.add(done, exc.details.get("nMatched", 0) + exc.details.get("nUpserted", 0))
@@ -323,7 +322,10 @@ class Applier:
             self._replace_existing(collection, write, report)
         elif index_name != "_id_" and same_time and not write.tried_again:
             write.tried_again = True
-            return rest[: same_time[-1] + 1] + [write] + rest[same_time[-1] + 1:]
+            # after the others of its source time; its document's own later changes among them go with it
+            window, after = rest[: same_time[-1] + 1], rest[same_time[-1] + 1:]
+            along = [later for later in window if later.key == write.key]
+            return [later for later in window if later.key != write.key] + [write] + along + after
         else:
             self._conflict(report, Conflict(DUPLICATE_KEY, write.event, error.get("code"), error.get("errmsg", ""),
                                             index_name))

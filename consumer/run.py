@@ -65,7 +65,7 @@ class ConsumerRun:
         self.metrics = ConsumerMetrics()
         group = settings.subscription.group_id
         self.destination = mongo.connect(settings.destination.uri.reveal(), "kafkashake-consumer")
-        state_db = self.destination[settings.destination.checkpoint_db]
+        state_db = mongo.latest(self.destination, settings.destination.checkpoint_db)
         self.store = ConsumerCheckpointStore(state_db[settings.destination.checkpoint_collection], group)
         self.kafka_health = KafkaHealth("consumer", KafkaUse(settings.kafka.brokers, settings.subscription.topic
                                                              or settings.subscription.topic_pattern, group=group),

@@ -29,6 +29,7 @@ from pymongo.errors import OperationFailure, PyMongoError
 from kafkashake.consumer.decoder import Event
 from kafkashake.consumer.intake import PartitionKey, Received
 from kafkashake.oplog import position
+from kafkashake.runtime.retry import is_transient
 
 log = logging.getLogger("kafkashake.consumer.sequencer")
 # Above this many held changes a partition is paused (it is ahead of the others); resumed below half of it.
@@ -43,6 +44,7 @@ class UniqueIndexes:
         self._client = client
         self._ttl_s = ttl_s
         self._known: dict[str, tuple[float, bool]] = {}
+        self._ever_ordered: set[str] = set()
 
     def __call__(self, ns: str) -> bool:
         known = self._known.get(ns)
@@ -52,15 +54,19 @@ class UniqueIndexes:
         try:
             ordered = any(index.get("unique") and index.get("name") != "_id_"
                           for index in self._client[db][coll].list_indexes())
-        except OperationFailure as exc:  # e.g. not authorised: assume the worst, keep source order
-            log.warning("cannot list the destination collection's indexes: its changes are applied in source order "
-                        "as if it had a unique index; grant listIndexes to apply them in parallel",
-                        extra={"ns": ns, "error": str(exc)})
-            ordered = True
-        except PyMongoError:
+        except PyMongoError as exc:
             if known is not None:
                 return known[1]
-            raise
+            if is_transient(exc) or not isinstance(exc, OperationFailure):
+                raise
+            log.warning("cannot list the destination collection's indexes: its changes are applied in source order, "
+                        "as if it had a unique index", extra={"ns": ns, "error": str(exc)})
+            ordered = True
+        # Once in source order, always: changes held for order must not be overtaken by later ones of the same
+        # documents let through freely (a unique index dropped, or listIndexes answering again).
+        ordered = ordered or ns in self._ever_ordered
+        if ordered:
+            self._ever_ordered.add(ns)
         self._known[ns] = (time.monotonic(), ordered)
         return ordered
 

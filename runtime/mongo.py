@@ -4,7 +4,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from pymongo import MongoClient
+from pymongo import MongoClient, ReadPreference
+from pymongo.database import Database
+from pymongo.read_concern import ReadConcern
 from pymongo.errors import OperationFailure, PyMongoError
 
 from kafkashake.runtime.errors import FatalError
@@ -17,6 +19,13 @@ STARTUP_REACH_TIMEOUT_S = 30.0
 
 def connect(uri: str, appname: str, **options: Any) -> MongoClient:
     return MongoClient(uri, serverSelectionTimeoutMS=SERVER_SELECTION_TIMEOUT_MS, appname=appname, **options)
+
+
+def latest(client: MongoClient, name: str, **options: Any) -> Database:
+    """The database as the primary holds it now, whatever read preference or read concern the URI asks for: what
+    the consumer computes from its reads (replacements, checkpoints) must see its own latest writes."""
+    return client.get_database(name, read_preference=ReadPreference.PRIMARY, read_concern=ReadConcern("local"),
+                               **options)
 
 
 def ensure_reachable(client: MongoClient, what: str, uri: str, should_stop: Callable[[], bool],

@@ -16,6 +16,7 @@ from conftest import client, load_fixture_lines, unique, wait_until
 from kafkashake.demo.embedded import mongo_uri
 from kafkashake.consumer.applier import Applier
 from kafkashake.consumer.document_update import as_update_operators
+from kafkashake.consumer.sequencer import UniqueIndexes
 from kafkashake.consumer.decoder import decode_message
 
 EXACT = CodecOptions(uuid_representation=UuidRepresentation.UNSPECIFIED)
@@ -164,3 +165,32 @@ def test_direct_updates_keep_source_order_with_other_writes_across_lanes_and_una
                         change(51, "i", {"_id": 100})], 100)
     assert Applier(unacknowledged, frozenset(), has_unique_index=lambda ns: False).apply(events).applied == {"u": 1, "i": 1}
     wait_until(lambda: collection.count_documents({"$or": [{"w0": True}, {"_id": 100}]}) == 2, 30, "w:0 writes land")
+
+
+def test_a_change_refused_for_a_unique_value_its_transaction_frees_later_keeps_its_documents_order(shared_mongo) -> None:
+    mongo = client(shared_mongo)
+    db_name = unique("txnorder")
+    collection = mongo[db_name].get_collection("c", codec_options=EXACT)
+    collection.create_index("a", unique=True)
+    collection.insert_many([{"_id": "K", "a": "x"}, {"_id": "J", "a": "y"}])
+    # One transaction (one source time): J gives up y, K takes y and then moves on to w. K's partition came first.
+    changes = [{"ts": Timestamp(4, 1), "op": "u", "ns": f"{db_name}.c", "o": {"$v": 2, "diff": {"u": {"a": value}}},
+                "o2": {"_id": document}} for document, value in (("K", "y"), ("K", "w"), ("J", "z"))]
+    events = [event for offset, c in enumerate(changes) for event in decode_message(as_message(c), "t", 0, offset)]
+    report = Applier(mongo, frozenset()).apply(events)
+    assert not report.conflicts and report.applied == {"u": 3}
+    assert list(collection.find(sort=[("_id", 1)])) == [{"_id": "J", "a": "z"}, {"_id": "K", "a": "w"}]
+
+
+def test_a_collection_once_applied_in_source_order_stays_so(shared_mongo) -> None:
+    mongo = client(shared_mongo)
+    ns = f"{unique('sticky')}.c"
+    db_name, coll = ns.split(".")
+    unique_indexes = UniqueIndexes(mongo, ttl_s=0.0)
+    assert not unique_indexes(ns)
+    mongo[db_name][coll].create_index("email", unique=True)
+    assert unique_indexes(ns)
+    mongo[db_name][coll].drop_index("email_1")
+    unique_indexes.forget(ns)
+    # changes held for source order must not be overtaken by later changes of their documents let through freely
+    assert unique_indexes(ns)
