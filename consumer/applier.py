@@ -35,7 +35,7 @@ from kafkashake.consumer.decoder import Event
 from kafkashake.consumer.ddl import apply_command, command_name
 from kafkashake.consumer.settings import ReplayPolicy
 from kafkashake.oplog.namespaces import command_target
-from kafkashake.consumer.write_plan import Write, ids_to_read, plan, split_direct_updates
+from kafkashake.consumer.write_plan import Write, direct_updates, ids_to_read, plan
 from kafkashake.oplog.entry import CHANGE_STREAM_DDL, is_internal_namespace
 from kafkashake.runtime import mongo
 from kafkashake.runtime.errors import FatalError
@@ -85,12 +85,14 @@ class Outcome:
 
     written: list[Write] = field(default_factory=list)
     matched: int = 0
-    updates_written: int = 0
 
     def add(self, writes: list[Write], matched: int) -> None:
         self.written += writes
         self.matched += matched
-        self.updates_written += sum(isinstance(w.request, (UpdateOne, ReplaceOne)) for w in writes)
+
+    @property
+    def updates_written(self) -> int:
+        return sum(isinstance(w.request, (UpdateOne, ReplaceOne)) for w in self.written)
 
 
 class _Run:
@@ -236,47 +238,41 @@ class Applier:
 
     def _write(self, ns: str, writes: list[Write], in_source_order: bool, report: ApplyReport) -> None:
         collection = self._collection(ns)
-        direct: list[Write] = []
-        planned_writes = writes
         # Direct updates need a matched count to tell misses, which an unacknowledged write does not give.
-        if collection.write_concern.acknowledged and not in_source_order:
-            direct, planned_writes = split_direct_updates(writes, self._policy)
-        planned = plan(planned_writes, self._read(collection, ids_to_read(planned_writes)), self._policy)
+        direct = (direct_updates(writes, self._policy)
+                  if collection.write_concern.acknowledged and not in_source_order else [])
+        planned = plan(writes, self._read(collection, ids_to_read(writes)), self._policy)
         report.conflicts += planned.conflicts
         report.passed_over.update(planned.passed_over)
         for event, reason, error in planned.unapplicable:
             self._reject(report, event, reason, error)
-        if not direct:
-            self._execute(collection, planned.writes, report)
-            return
-        position = {id(w): index for index, w in enumerate(writes)}
-        in_order = sorted(planned.writes + direct, key=lambda w: position[id(w)])
-        outcome = self._execute(collection, in_order, report)
-        if outcome.matched < outcome.updates_written:
+        outcome = self._execute(collection, planned.writes, report)
+        if direct and outcome.matched < outcome.updates_written:
             direct_ids = {id(w) for w in direct}
             self._report_missing(collection, [w for w in outcome.written if id(w) in direct_ids], report)
 
-    def _report_missing(self, collection, direct: list[Write], report: ApplyReport) -> None:  # type: ignore[no-untyped-def]
+    def _report_missing(self, collection, direct: list[Write],  # type: ignore[no-untyped-def]
+                        report: ApplyReport) -> None:
         """Some update matched nothing. Direct updates' documents have no other change in the run, so those that
         are absent now are the ones: conflicts, as for an update planned on a missing document."""
-        present = set()
-        for chunk in id_chunks(list({w.key: w.document_id for w in direct}.values())):
-            present.update(key_text(document["_id"]) for document in collection.find({"_id": {"$in": chunk}}, {"_id": 1}))
+        present = self._read(collection, list({w.key: w.document_id for w in direct}.values()), {"_id": 1})
         for w in direct:
             if w.key not in present:
                 report.applied["u"] -= 1
                 report.conflicts.append(Conflict(UPDATE_MISSING, w.event, None, "no document matches the update's _id"))
 
     @staticmethod
-    def _read(collection, ids: list[Any]) -> dict[str, Any]:  # type: ignore[no-untyped-def]
-        """The documents with these `_id`s, by key text."""
+    def _read(collection, ids: list[Any],  # type: ignore[no-untyped-def]
+              projection: dict[str, int] | None = None) -> dict[str, Any]:
+        """The documents with these `_id`s (their fields in `projection`), by key text."""
         documents = {}
         for chunk in id_chunks(ids):
-            for document in collection.find({"_id": {"$in": chunk}}):
+            for document in collection.find({"_id": {"$in": chunk}}, projection):
                 documents[key_text(document["_id"])] = document
         return documents
 
-    def _execute(self, collection, writes: list[Write], report: ApplyReport) -> "Outcome":  # type: ignore[no-untyped-def]
+    def _execute(self, collection, writes: list[Write],  # type: ignore[no-untyped-def]
+                 report: ApplyReport) -> Outcome:
         """Write in order, going on after a refused write as the policy says."""
         outcome = Outcome()
         while writes:

@@ -48,43 +48,40 @@ class Plan:
     passed_over: Counter = field(default_factory=Counter)
 
 
-def split_direct_updates(writes: list[Write], policy: ReplayPolicy) -> tuple[list[Write], list[Write]]:
-    """(direct, planned): the writes of documents whose every change in the run is an update mongod can apply from
-    its diff alone (`as_update_operators`) get an `UpdateOne` and need no read of the document; the others are left
-    to `plan`. A direct update that matches nothing is found out afterwards (`Applier`). With --upsert every update
-    is planned: an upsert builds the document from the update, which needs the planned path's semantics."""
+def direct_updates(writes: list[Write], policy: ReplayPolicy) -> list[Write]:
+    """The writes of documents whose every change in the run is an update mongod can apply from its diff alone
+    (`as_update_operators`): each gets its `UpdateOne` here, needs no read of its document, and `plan` leaves it
+    where it is. A direct update that matches nothing is found out afterwards (`Applier`). With --upsert every
+    update is planned: an upsert builds the document from the update, which needs the planned path's semantics."""
     if policy.upsert:
-        return [], writes
-    operators: dict[int, dict[str, Any]] = {}
+        return []
+    translated = [as_update_operators(w.event.fields["o"], w.event.fields.get("o_form"))
+                  if w.event.op == "u" and not (w.event.converge or w.event.replayed) else None for w in writes]
     direct_keys: dict[str, bool] = {}
-    for w in writes:
-        event = w.event
-        translated = None
-        if event.op == "u" and not (event.converge or event.replayed):
-            translated = as_update_operators(event.fields["o"], event.fields.get("o_form"))
-        if translated is not None:
-            operators[id(w)] = translated
-        direct_keys[w.key] = direct_keys.get(w.key, True) and translated is not None
-    direct, planned = [], []
-    for w in writes:
+    for w, operators in zip(writes, translated):
+        direct_keys[w.key] = direct_keys.get(w.key, True) and operators is not None
+    direct = []
+    for w, operators in zip(writes, translated):
         if direct_keys[w.key]:
-            w.request = UpdateOne({"_id": w.document_id}, operators[id(w)])
+            w.request = UpdateOne({"_id": w.document_id}, operators)
             direct.append(w)
-        else:
-            planned.append(w)
-    return direct, planned
+    return direct
 
 
 def ids_to_read(writes: list[Write]) -> list[Any]:
-    """The `_id`s whose documents the run's updates need, each once."""
-    return list({w.key: w.document_id for w in writes if w.event.op == "u"}.values())
+    """The `_id`s whose documents the run's updates need, each once (direct updates need none)."""
+    return list({w.key: w.document_id for w in writes if w.event.op == "u" and w.request is None}.values())
 
 
 def plan(writes: list[Write], documents: dict[str, Any], policy: ReplayPolicy) -> Plan:
-    """Write requests for `writes` (in order), given the current documents by `key_text` of their `_id`."""
+    """Write requests for `writes` (in order), given the current documents by `key_text` of their `_id`. Writes
+    that already have their request (`direct_updates`) keep it and their place."""
     result = Plan()
     state = dict(documents)
     for w in writes:
+        if w.request is not None:
+            result.writes.append(w)
+            continue
         op, converges = w.event.op, w.event.converge or w.event.replayed
         if op == "i":
             if converges:
