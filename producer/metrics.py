@@ -41,7 +41,8 @@ class ProducerMetrics:
             "kafkashake_producer_oplog_window_seconds", "Newest minus oldest oplog entry time.", registry=r
         )
         self.publish_seconds = Histogram(
-            "kafkashake_producer_publish_seconds", "Time from handing a message to Kafka to its acknowledgement.", registry=r
+            "kafkashake_producer_publish_seconds",
+            "Time from handing an operation to Kafka to its acknowledgement, sampled: one operation in 16.", registry=r
         )
         self.snapshot_copied = Gauge(
             "kafkashake_producer_snapshot_copied_documents",

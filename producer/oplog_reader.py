@@ -73,9 +73,9 @@ class OplogReader:
             "(replSetResizeOplog) so it covers the longest producer outage."
         )
 
-    def tail(self, after: Timestamp) -> Iterator[bytes | None]:
-        """Entries with `ts > after` as BSON bytes, in order, until the cursor dies. Yields `IDLE` whenever it has
-        caught up.
+    def tail(self, after: Timestamp) -> Iterator[list[bytes] | None]:
+        """Entries with `ts > after` as BSON bytes, in order, one server batch at a time, until the cursor dies.
+        Yields `IDLE` whenever it has caught up.
 
         One tailable await cursor reads the backlog and then waits for new entries; a getMore returns as soon as
         it has any, up to OPLOG_BATCH entries or 16 MiB. A reader thread fetches the next batch while this one is
@@ -95,7 +95,7 @@ class OplogReader:
                 if batch is IDLE:
                     yield IDLE
                     continue
-                yield from split_documents(batch)
+                yield list(split_documents(batch))
         finally:
             stop.set()
             deadline = time.monotonic() + READER_CLOSE_S

@@ -19,6 +19,8 @@ from kafkashake.producer.oplog_reader import IDLE, OplogReader
 
 log = logging.getLogger("kafkashake.producer")
 FETCH_METHOD = "oplog"
+# Operations handed to the stream loop at once: it checks for pause, shutdown and acknowledgements between them.
+TURN_OPERATIONS = 256
 
 Pending = list[tuple[Operation, Slot[Timestamp]]]
 
@@ -66,22 +68,37 @@ class OplogSource:
         tracker = self.tracker
         resume_at = tracker.read_through
         self._reader.check_within_window(resume_at)
-        for entry in self._reader.tail(resume_at):
-            if entry is IDLE:
+        for batch in self._reader.tail(resume_at):
+            if batch is IDLE:
                 tracker.caught_up()
                 yield None
                 continue
-            entry = routing_view(entry)
-            op = entry["op"]
+            pending: Pending = []
+            read_by_op: dict[str, int] = {}
+            for raw in batch:
+                entry = routing_view(raw)
+                op = entry["op"]
+                read_by_op[op] = read_by_op.get(op, 0) + 1
+                tracker.read(entry["ts"])
+                operations = self._extractor.extract(entry)
+                if not operations:
+                    self._metrics.events_filtered.inc()
+                for operation in operations:
+                    pending.append((operation, tracker.sent(operation.ts)))
+                if len(pending) >= TURN_OPERATIONS:
+                    self._count_reads(read_by_op)
+                    yield pending
+                    pending = []
+            self._count_reads(read_by_op)
+            yield pending
+
+    def _count_reads(self, read_by_op: dict[str, int]) -> None:
+        for op, count in read_by_op.items():
             read = self._read_by_op.get(op)
             if read is None:
                 read = self._read_by_op[op] = self._metrics.events_read.labels(op)
-            read.inc()
-            tracker.read(entry["ts"])
-            operations = self._extractor.extract(entry)
-            if not operations:
-                self._metrics.events_filtered.inc()
-            yield [(operation, tracker.sent(operation.ts)) for operation in operations]
+            read.inc(count)
+        read_by_op.clear()
 
     def safe_checkpoint(self) -> Checkpoint:
         return Checkpoint(self.tracker.safe_position(self._extractor.hold_below()), None, FETCH_METHOD)

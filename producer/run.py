@@ -188,6 +188,8 @@ class ProducerRun:
         except Exception as exc:  # a client already failed for good: the error that stopped us is the one to report
             log.warning("flushing Kafka on the way out failed", extra={"error": str(exc)})
             remaining = publisher.outstanding()
+        if self.stream is not None:
+            self.stream.count_acknowledged()
         final = self.source.safe_checkpoint() if started else start
         lease_lost = self.lease is not None and self.lease.lost.is_set()
         if publisher.delivery_error is None and publisher.refused is None and started and not lease_lost:
