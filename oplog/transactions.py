@@ -73,6 +73,8 @@ class TransactionAssembler:
             held = bool(command.get("partialTxn")) or bool(command.get("prepare"))
             if key is not None and (held or key in self._open):
                 txn = self._open.setdefault(key, _OpenTransaction(first_ts=ts))
+                if any(part["ts"] == ts for part, _ in txn.batches):  # read again after a source error
+                    return []
                 txn.batches.append((entry, command["applyOps"]))
                 if held:
                     return []

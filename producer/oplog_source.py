@@ -80,11 +80,15 @@ class OplogSource:
                 op = entry["op"]
                 read_by_op[op] = read_by_op.get(op, 0) + 1
                 tracker.read(entry["ts"])
+                # A transaction's operations carry its commit's position, but a restart must read its first entry
+                # again: until they are acknowledged, their slots hold the checkpoint below the oldest open one.
+                held_from = self._extractor.hold_below()
                 operations = self._extractor.extract(entry)
                 if not operations:
                     self._metrics.events_filtered.inc()
                 for operation in operations:
-                    pending.append((operation, tracker.sent(operation.ts)))
+                    at = operation.ts if held_from is None else min(operation.ts, held_from)
+                    pending.append((operation, tracker.sent(at)))
                 if len(pending) >= TURN_OPERATIONS:
                     self._count_reads(read_by_op)
                     yield pending

@@ -28,7 +28,8 @@ from kafkashake.schemas import topics
 
 log = logging.getLogger("kafkashake.producer")
 WINDOW_REFRESH_S = 10.0
-# Delivery reports are served every this many entries read or this often, and whenever the source is read to its end.
+# Delivery reports are served every this many turns (a turn hands over up to 256 operations) or this often, and
+# whenever the source is read to its end.
 ACKNOWLEDGEMENTS_EVERY, ACKNOWLEDGEMENTS_S = 64, 0.01
 # With a topic template, the brokers' topic list is read again this often to heartbeat topics of other runs.
 TOPIC_LIST_REFRESH_S = 60.0

@@ -9,8 +9,11 @@ from bson.timestamp import Timestamp
 from conftest import load_fixture_lines
 from kafkashake.oplog import position
 from kafkashake.oplog.transactions import TransactionAssembler
+from kafkashake.producer.checkpoint import Checkpoint
 from kafkashake.producer.delivery import DeliveryTracker
+from kafkashake.producer.metrics import ProducerMetrics
 from kafkashake.producer.operations import OperationExtractor
+from kafkashake.producer.oplog_source import OplogSource
 from kafkashake.runtime import secrets
 from kafkashake.runtime.settings import KafkaSettings, Secret, secret_values
 from kafkashake.schemas.codec import MessageFormat, UndecodableMessage, decode_events, sniff
@@ -91,6 +94,49 @@ def test_partial_transaction_chain_released_at_commit_with_commit_ts() -> None:
     assert [op["o"]["_id"] for op in operations] == [0, 1, 2, 3, 4, 5]
     assert {op["ts"] for op in operations} == {final["ts"]}
     assert assembler.oldest_open_position() is None
+
+
+def test_a_transaction_part_read_again_after_a_source_error_is_not_applied_twice() -> None:
+    assembler = TransactionAssembler()
+    first = _entry("txn_large_unprepared_partialTxn_first")
+    assert assembler.feed(first) == []
+    assert assembler.feed(first) == []
+    assert assembler.feed(_entry("txn_large_unprepared_partialTxn_middle")) == []
+    operations = assembler.feed(_entry("txn_large_unprepared_final_with_count"))
+    assert [op["o"]["_id"] for op in operations] == [0, 1, 2, 3, 4, 5]
+
+
+class _ReaderOf:
+    def __init__(self, *batches: list[bytes]) -> None:
+        self._batches = batches
+
+    def check_within_window(self, after: Timestamp) -> None:
+        pass
+
+    def tail(self, after: Timestamp):
+        yield from self._batches
+        while True:
+            yield None
+
+
+def test_a_committed_transaction_holds_the_checkpoint_below_its_first_entry_until_kafka_has_it() -> None:
+    """A checkpoint between the first part and the commit's acknowledgement would resume at the commit, and the
+    parts before it would be gone."""
+    parts = [_entry(case) for case in ("txn_large_unprepared_partialTxn_first", "txn_large_unprepared_partialTxn_middle",
+                                       "txn_large_unprepared_final_with_count")]
+    source = OplogSource(_ReaderOf([bytes(part.raw) for part in parts]), OperationExtractor(frozenset()),
+                         ProducerMetrics("oplog", "bson"))
+    source.start(Checkpoint(position.predecessor(parts[0]["ts"]), None, "oplog"))
+    changes = source.changes()
+    published = next(changes)
+    assert next(changes) is None, "read to the end"
+    assert len(published) == 6
+    assert source.safe_checkpoint().ts < parts[0]["ts"]
+    for _, slot in published[:-1]:
+        slot.acknowledge()
+    assert source.safe_checkpoint().ts < parts[0]["ts"]
+    published[-1][1].acknowledge()
+    assert source.safe_checkpoint().ts == parts[-1]["ts"]
 
 
 def test_prepared_transaction_commits_and_abort_discards() -> None:
