@@ -6,6 +6,7 @@ the option and what it accepts."""
 from __future__ import annotations
 
 import enum
+import gc
 import logging
 import os
 import urllib.request
@@ -22,6 +23,7 @@ from kafkashake.runtime.settings import Invalid, ProcessSettings, secret_values
 from kafkashake.runtime.shutdown import ShutdownFlag
 
 log = logging.getLogger("kafkashake")
+GC_YOUNG_THRESHOLD = 10_000
 
 app = typer.Typer(
     name="kafkashake",
@@ -48,6 +50,10 @@ def run_process(role: str, settings: Any, body: Callable[[ShutdownFlag], None]) 
     secrets.install(secrets.Redactor(secret_values(settings)))
     logs.configure(process.log_format.value, process.log_level.value)
     shutdown = ShutdownFlag().install()
+    # Every message in flight holds a few small objects: with the default threshold of 700 allocations, collections
+    # took a quarter of the producer's main thread. Start-up objects are moved out of collections' way for good.
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD)
     try:
         body(shutdown)
     except FatalError as exc:
