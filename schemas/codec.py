@@ -123,10 +123,22 @@ def encode_json(event_bson: bytes, mode: JsonMode = JsonMode.CANONICAL) -> tuple
     return bsonjs.dumps(wrapped, mode=bsonjs.CANONICAL).encode(), JsonRendering.BSON
 
 
+_EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
+
+
+def epoch_millis(wall: _dt.datetime | bson.DatetimeMS) -> int:
+    """A BSON date as milliseconds since the epoch. A naive datetime is UTC, as every BSON date is (fastavro would
+    read it as the host's local time)."""
+    if not isinstance(wall, _dt.datetime):
+        return int(wall)
+    delta = (wall if wall.tzinfo is not None else wall.replace(tzinfo=_dt.timezone.utc)) - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
+
+
 def raw_record(ts: Timestamp, op: str, ns: str, document_id: str | None, wall: _dt.datetime | None,
                txn: str | None, event_bson: bytes) -> dict[str, Any]:
     return {"ts_seconds": ts.time, "ts_increment": ts.inc, "op": op, "ns": ns, "document_id": document_id,
-            "wall": wall, "txn": txn, "event": event_bson}
+            "wall": None if wall is None else epoch_millis(wall), "txn": txn, "event": event_bson}
 
 
 def encode_raw_batch(records: Iterable[Mapping[str, Any]], codec: str = "null") -> bytes:

@@ -5,12 +5,13 @@ import base64
 import datetime as dt
 import io
 import json
+import time
 from pathlib import Path
 
 import bson
 import fastavro
 import pytest
-from bson import Binary, Decimal128, Int64, ObjectId, Timestamp
+from bson import Binary, DatetimeMS, Decimal128, Int64, ObjectId, Timestamp
 
 from kafkashake.schemas import WIRE_VERSION, topics
 from kafkashake.schemas.codec import (AVRO_CODECS, JsonMode, JsonRendering, MessageFormat, UndecodableMessage, decode_events, encode_json,
@@ -87,6 +88,21 @@ def test_every_number_in_the_current_schemas_fits_in_53_bits() -> None:
     for name in ("raw_batch", "envelope"):
         schema_text = (SCHEMAS / f"{name}.avsc").read_text()
         assert "<< 32" not in schema_text and '"ts"' not in schema_text
+
+
+def test_a_raw_records_wall_is_utc_whatever_the_producers_local_time_zone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """BSON dates decode as naive UTC datetimes; fastavro would take a naive one as local time."""
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time.tzset()
+    try:
+        wall = dt.datetime(2026, 12, 3, 12, 0, 0, 123000)
+        for given in (wall, wall.replace(tzinfo=dt.timezone.utc), DatetimeMS(wall.replace(tzinfo=dt.timezone.utc))):
+            value = encode_raw_batch([raw_record(Timestamp(1, 1), "i", "a.b", "1", given, None, bson.encode({"_id": 1}))])
+            (record,) = fastavro.reader(io.BytesIO(value))
+            assert record["wall"] == wall.replace(tzinfo=dt.timezone.utc), given
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
 
 
 def test_json_keeps_every_field_and_type_in_canonical_mode() -> None:
