@@ -51,7 +51,9 @@ def run_process(role: str, settings: Any, body: Callable[[ShutdownFlag], None]) 
     logs.configure(process.log_format.value, process.log_level.value)
     shutdown = ShutdownFlag().install()
     # Every message in flight holds a few small objects: with the default threshold of 700 allocations, collections
-    # took a quarter of the producer's main thread. Start-up objects are moved out of collections' way for good.
+    # took a quarter of the producer's main thread. Start-up objects are moved out of collections' way.
+    thresholds = gc.get_threshold()
+    gc.collect()
     gc.freeze()
     gc.set_threshold(GC_YOUNG_THRESHOLD)
     try:
@@ -64,6 +66,9 @@ def run_process(role: str, settings: Any, body: Callable[[ShutdownFlag], None]) 
     except Exception as exc:  # anything unforeseen still ends loudly, with the trace in the log
         log.exception("stopped by an unexpected error", extra={"role": role, "error": secrets.redact(str(exc))})
         raise typer.Exit(EXIT_FATAL) from None
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*thresholds)
 
 
 def all_run_option_names() -> set[str]:

@@ -126,11 +126,16 @@ def encode_json(event_bson: bytes, mode: JsonMode = JsonMode.CANONICAL) -> tuple
 _EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
 
 
-def epoch_millis(wall: _dt.datetime | bson.DatetimeMS) -> int:
+# The dates an Avro reader turns back into a datetime: years 1 to 9999.
+_READABLE_MILLIS = range(-62_135_596_800_000, 253_402_300_800_000)
+
+
+def epoch_millis(wall: _dt.datetime | bson.DatetimeMS) -> int | None:
     """A BSON date as milliseconds since the epoch. A naive datetime is UTC, as every BSON date is (fastavro would
-    read it as the host's local time)."""
+    read it as the host's local time). None for a date outside years 1-9999, which Avro readers refuse as a
+    timestamp (the event's BSON still holds it exactly)."""
     if not isinstance(wall, _dt.datetime):
-        return int(wall)
+        return int(wall) if int(wall) in _READABLE_MILLIS else None
     delta = (wall if wall.tzinfo is not None else wall.replace(tzinfo=_dt.timezone.utc)) - _EPOCH
     return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
 

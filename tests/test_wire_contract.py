@@ -101,8 +101,17 @@ def test_a_raw_records_wall_is_utc_whatever_the_producers_local_time_zone(monkey
             (record,) = fastavro.reader(io.BytesIO(value))
             assert record["wall"] == wall.replace(tzinfo=dt.timezone.utc), given
     finally:
-        monkeypatch.delenv("TZ")
+        monkeypatch.undo()
         time.tzset()
+
+
+def test_a_wall_no_reader_can_turn_into_a_date_is_left_out_not_written() -> None:
+    """BSON dates beyond year 9999 decode as DatetimeMS; an Avro timestamp that large makes readers refuse the batch."""
+    event = bson.encode({"_id": 1})
+    for far in (DatetimeMS(2**62), DatetimeMS(-2**63)):
+        value = encode_raw_batch([raw_record(Timestamp(1, 1), "i", "a.b", "1", far, None, event)])
+        (record,) = fastavro.reader(io.BytesIO(value))
+        assert record["wall"] is None and record["event"] == event
 
 
 def test_json_keeps_every_field_and_type_in_canonical_mode() -> None:
