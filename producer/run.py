@@ -12,7 +12,7 @@ from typing import Any
 import bson
 from bson.raw_bson import RawBSONDocument
 from bson.timestamp import Timestamp
-from confluent_kafka import Producer
+from confluent_kafka import KafkaException, Producer
 
 from kafkashake.oplog import position
 from kafkashake.oplog.entry import Operation
@@ -42,6 +42,8 @@ from kafkashake.schemas.partitioning import PartitionBy
 
 log = logging.getLogger("kafkashake.producer")
 FLUSH_TIMEOUT_S = 60.0
+# How long a refused producer waits for librdkafka to say why (its error callback came 10 s after its fatal log line).
+FATAL_CAUSE_WAIT_S = 30.0
 REPARTITION_MESSAGE = "kafkashake partitioning changed"
 
 
@@ -111,8 +113,8 @@ class ProducerRun:
             self.stream.refresh_window(start.ts)
             try:
                 self.stream.run()
-            except FatalError:
-                self._explain_fatal(publisher)
+            except FatalError as exc:
+                self._explain_fatal(publisher, isinstance(exc.__cause__, KafkaException) or publisher.refused is not None)
                 raise
         finally:
             self._stop(publisher, start, started)
@@ -174,11 +176,16 @@ class ProducerRun:
             return True
         return self.full_sync.copy(publisher, self.source.window, self._beat, self.settings.checkpoint.interval_s)
 
-    def _explain_fatal(self, publisher: Publisher) -> None:
+    def _explain_fatal(self, publisher: Publisher, kafka_refused: bool) -> None:
         """librdkafka's fatal produce error names no cause; its error callback does (a missing permission, for
-        instance), and may come a moment later: give it that moment and raise its explanation instead."""
-        with contextlib.suppress(Exception):
-            publisher.poll(0.5)
+        instance), and may come after other events (its log line): when Kafka refused, serve events until the cause
+        arrives, and raise its explanation instead."""
+        deadline = time.monotonic() + (FATAL_CAUSE_WAIT_S if kafka_refused else 0.0)
+        while True:
+            with contextlib.suppress(Exception):
+                publisher.poll(0.1)
+            if self.kafka_health.fatal is not None or time.monotonic() >= deadline:
+                break
         if self.kafka_health.fatal is not None:
             raise FatalError(self.kafka_health.fatal) from None
 
