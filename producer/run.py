@@ -42,7 +42,7 @@ from kafkashake.schemas.partitioning import PartitionBy
 
 log = logging.getLogger("kafkashake.producer")
 FLUSH_TIMEOUT_S = 60.0
-# How long a refused producer waits for librdkafka to say why (its error callback came 10 s after its fatal log line).
+# How long a refused producer waits for librdkafka to say why.
 FATAL_CAUSE_WAIT_S = 30.0
 REPARTITION_MESSAGE = "kafkashake partitioning changed"
 
@@ -114,7 +114,7 @@ class ProducerRun:
             try:
                 self.stream.run()
             except FatalError as exc:
-                self._explain_fatal(publisher, isinstance(exc.__cause__, KafkaException) or publisher.refused is not None)
+                self._explain_fatal(publisher, isinstance(exc.__cause__, KafkaException))
                 raise
         finally:
             self._stop(publisher, start, started)
@@ -177,17 +177,19 @@ class ProducerRun:
         return self.full_sync.copy(publisher, self.source.window, self._beat, self.settings.checkpoint.interval_s)
 
     def _explain_fatal(self, publisher: Publisher, kafka_refused: bool) -> None:
-        """librdkafka's fatal produce error names no cause; its error callback does (a missing permission, for
-        instance), and may come after other events (its log line): when Kafka refused, serve events until the cause
-        arrives, and raise its explanation instead."""
+        """librdkafka's fatal produce error names no cause; a later poll raises the cause (a missing permission, for
+        instance), or its error callback names it: when Kafka refused, serve events until one does, and raise its
+        explanation instead."""
         deadline = time.monotonic() + (FATAL_CAUSE_WAIT_S if kafka_refused else 0.0)
         while True:
             with contextlib.suppress(Exception):
                 publisher.poll(0.1)
-            if self.kafka_health.fatal is not None or time.monotonic() >= deadline:
+            cause = publisher.refused
+            explanation = self.kafka_health.fatal or (self.kafka_health.use.explain(cause) if cause else None)
+            if explanation is not None or time.monotonic() >= deadline:
                 break
-        if self.kafka_health.fatal is not None:
-            raise FatalError(self.kafka_health.fatal) from None
+        if explanation is not None:
+            raise FatalError(explanation) from None
 
     def _stop(self, publisher: Publisher, start: Checkpoint, started: bool) -> None:
         try:
