@@ -83,6 +83,13 @@ def header_bytes(message_headers: list[tuple[str, bytes]]) -> int:
     return sum(len(name) + len(value) + HEADER_OVERHEAD_BYTES for name, value in message_headers)
 
 
+def _sized(message_headers: list[tuple[str, bytes]]) -> tuple[list[tuple[str, bytes]], int]:
+    return message_headers, header_bytes(message_headers)
+
+
+SNAPSHOT_HEADER = _sized([(headers.SNAPSHOT, b"true")])
+
+
 def overhead(key: bytes | None, message_headers: list[tuple[str, bytes]]) -> int:
     """Bytes a record adds to its value inside a record batch."""
     return RECORD_OVERHEAD_BYTES + SAFETY_MARGIN_BYTES + len(key or b"") + header_bytes(message_headers)
@@ -102,8 +109,7 @@ class Publisher:
             (headers.TASK, task.encode()),
         ]
         self._raw_overhead = overhead(None, self._raw_headers_bound())
-        self._rendering_headers = {rendering: ([(headers.JSON_RENDERING, rendering.value.encode())],
-                                               len(headers.JSON_RENDERING) + len(rendering.value) + HEADER_OVERHEAD_BYTES)
+        self._rendering_headers = {rendering: _sized([(headers.JSON_RENDERING, rendering.value.encode())])
                                    for rendering in JsonRendering}
         self._batches = RawBatches(encoding.batch_max_events, encoding.batch_max_bytes, encoding.batch_linger_s)
         self._header_prefixes: dict[tuple[str, str], tuple[list[tuple[str, bytes]], int]] = {}
@@ -243,13 +249,13 @@ class Publisher:
         if prefix is None:
             names = self._static_headers + [(headers.NAMESPACE, operation.ns.encode()),
                                             (headers.OPERATION, operation.op.encode())]
-            prefix = self._header_prefixes[(operation.ns, operation.op)] = (names, header_bytes(names))
+            prefix = self._header_prefixes[(operation.ns, operation.op)] = _sized(names)
         source_ts = (headers.SOURCE_TS, headers.position_text(operation.ts).encode())
         message_headers = [*prefix[0], source_ts, *self._watermark]
         size = prefix[1] + len(source_ts[0]) + len(source_ts[1]) + HEADER_OVERHEAD_BYTES + self._watermark_bytes
         if operation.snapshot:
-            message_headers.append((headers.SNAPSHOT, b"true"))
-            size += len(headers.SNAPSHOT) + 4 + HEADER_OVERHEAD_BYTES
+            message_headers += SNAPSHOT_HEADER[0]
+            size += SNAPSHOT_HEADER[1]
         self._last_headers = (operation.ts, self._watermark, alike, message_headers, size)
         return message_headers, size
 
@@ -289,7 +295,7 @@ class Publisher:
             *self._watermark,
         ]
         if batch.snapshot:
-            message_headers.append((headers.SNAPSHOT, b"true"))
+            message_headers += SNAPSHOT_HEADER[0]
         value = encode_raw_batch(batch.records, self._encoding.avro_codec)
         self._produce(topic, partition, None, value, message_headers, batch.acknowledgements, batch.describe)
 
@@ -331,27 +337,15 @@ class Publisher:
 
     def _on_delivery(self, acknowledgements: list[Acknowledge], describe: Callable[[], str], topic: str,
                      size: int) -> Callable[[KafkaError | None, Message], None]:
-        if len(acknowledgements) == 1:
-            acknowledge = acknowledgements[0]
-
-            def delivered(error: KafkaError | None, _message: Message) -> None:
-                if error is None:
-                    self.delivered += 1
-                    acknowledge()
-                else:
-                    self._not_delivered(error, describe, topic, size)
-
-            return delivered
-
-        def delivered_batch(error: KafkaError | None, _message: Message) -> None:
+        def delivered(error: KafkaError | None, _message: Message) -> None:
             if error is None:
                 self.delivered += 1
-                for each in acknowledgements:
-                    each()
+                for acknowledge in acknowledgements:
+                    acknowledge()
             else:
                 self._not_delivered(error, describe, topic, size)
 
-        return delivered_batch
+        return delivered
 
     def _not_delivered(self, error: KafkaError, describe: Callable[[], str], topic: str, size: int) -> None:
         if self.delivery_error is not None:

@@ -131,16 +131,12 @@ class StreamLoop:
 
     def _publish(self, operation: Operation, slot: Slot[Any]) -> None:
         self._handed += 1
-        if self._handed % PUBLISH_TIME_SAMPLE_EVERY:
-            def acknowledged() -> None:
-                slot.acknowledge()
-                self._acknowledged += 1
-        else:
-            handed_at = time.perf_counter()
+        handed_at = None if self._handed % PUBLISH_TIME_SAMPLE_EVERY else time.perf_counter()
 
-            def acknowledged() -> None:
-                slot.acknowledge()
-                self._acknowledged += 1
+        def acknowledged() -> None:
+            slot.acknowledge()
+            self._acknowledged += 1
+            if handed_at is not None:
                 self._publish_times.append(time.perf_counter() - handed_at)
 
         self._publisher.publish(operation, acknowledged)
