@@ -6,6 +6,7 @@ the offsets of its first and last Kafka message, so the consumer can rewind to i
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Protocol
 
 from bson.timestamp import Timestamp
@@ -24,6 +25,10 @@ class KafkaMessage(Protocol):
     def key(self) -> bytes | None: ...
     def value(self) -> bytes | None: ...
     def headers(self) -> list[tuple[str, bytes]] | None: ...
+
+
+# Consecutive messages carry the same watermark: parsed once, compared by identity.
+_watermark = lru_cache(maxsize=64)(headers.parse_position)
 
 
 @dataclass
@@ -48,7 +53,7 @@ class Received:
     @property
     def watermark(self) -> Timestamp | None:
         text = self.headers.get(headers.WATERMARK)
-        return headers.parse_position(text) if text else None
+        return _watermark(text) if text else None
 
     @property
     def heartbeat(self) -> Heartbeat | None:

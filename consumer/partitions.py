@@ -88,7 +88,8 @@ class PartitionState:
             self.replay_through = None
 
     def _complete(self, through: Timestamp | None) -> None:
-        if through is not None and (self.complete_through is None or through > self.complete_through):
+        if through is not None and through is not self.complete_through and (
+                self.complete_through is None or through > self.complete_through):
             self.complete_through = through
             self.changed = True
 
@@ -119,22 +120,39 @@ class PartitionState:
 
     def passed(self, received: Received, snapshot_until: Timestamp | None, now: float | None = None) -> None:
         """`received` went through: its events applied, held by the sequencer, or moved past."""
-        self._past_replay(received.offset)
-        ts = next((e.fields.get("ts") for e in reversed(received.events) if isinstance(e.fields.get("ts"), Timestamp)),
-                  None)
-        self.offset, self.ts = received.offset, ts or self.ts
-        self.snapshot_until = snapshot_until
-        self._complete(received.watermark)
-        self._complete(position.predecessor(ts) if ts is not None else None)
-        heartbeat = received.heartbeat
-        self.last_was_heartbeat = heartbeat is not None
-        times = [self.complete_as_of]
+        self.passed_in_order([received], snapshot_until, now)
+
+    def passed_in_order(self, batch: list[Received], snapshot_until: Timestamp | None,
+                        now: float | None = None) -> None:
+        """Messages of this partition, in offset order, went through; as if each were `passed` in turn."""
+        newest_time, heartbeat, newest_ts = self.complete_as_of, None, None
+        for received in batch:
+            self._complete(received.watermark)
+            if received.heartbeat is not None:
+                heartbeat = received.heartbeat
+            message_ts = None
+            for event in received.events:
+                fields = event.fields
+                if isinstance(fields.get("ts"), Timestamp):
+                    message_ts = fields["ts"]
+                if fields["op"] != "n":
+                    event_time = source_time(fields)
+                    newest_time = event_time if newest_time is None else max(newest_time, event_time)
+            if message_ts is not None:
+                self.ts = message_ts
+                newest_ts = message_ts if newest_ts is None else max(newest_ts, message_ts)
+        last = batch[-1]
+        self._past_replay(last.offset)
+        self.offset, self.snapshot_until = last.offset, snapshot_until
+        if newest_ts is not None:
+            self._complete(position.predecessor(newest_ts))
+        self.last_was_heartbeat = last.heartbeat is not None
         if heartbeat is not None:
             self.in_sync_as_of = heartbeat.in_sync_as_of
             self.heartbeat, self.heartbeat_received_at = heartbeat, time.time() if now is None else now
-            times.append(heartbeat.in_sync_as_of.timestamp())
-        times += [source_time(event.fields) for event in received.events if event.op != "n"]
-        self.complete_as_of = max((t for t in times if t is not None), default=None)
+            in_sync = heartbeat.in_sync_as_of.timestamp()
+            newest_time = in_sync if newest_time is None else max(newest_time, in_sync)
+        self.complete_as_of = newest_time
         self.changed = True
 
     def checkpoint(self, where: PartitionKey, first_held: FirstHeld | None) -> PartitionPosition | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -99,6 +100,7 @@ class Replay:
                 taken.append(received)
         self.settle()
         batch = Batch()
+        consumed = 0
         for received in taken:
             where = received.where
             if where not in self.partitions:
@@ -107,11 +109,12 @@ class Replay:
             self.partitions[where].at_end = False
             if where in batch.held:
                 continue  # rewound: read again once the partition is resumed
-            self._metrics.messages_consumed.inc()
+            consumed += 1
             if received.error is not None:
                 self._undecodable(received, batch)
             else:
                 self._gate(received, batch)
+        self._metrics.messages_consumed.inc(consumed)
         self._start_apply(batch)
 
     def _gate(self, received: Received, batch: Batch) -> None:
@@ -129,7 +132,6 @@ class Replay:
             gates.overlap.mark(received)
         if verdict is Verdict.APPLY:
             verdict = gates.delay.check(received)
-            self._metrics.partitions_paused.set(len(gates.delay.paused))
         if verdict is Verdict.APPLY:
             batch.to_apply.append(received)
             return
@@ -176,7 +178,7 @@ class Replay:
         """Hand the batch's events to the writer thread; `settle()` waits for them and checkpoints the batch."""
         transform = self._settings.policy.transform
         destination_ns = transform.map if transform else (lambda ns: ns)
-        events = [event for received in batch.applying() for event in self.sequencer.take(received, destination_ns)]
+        events = self.sequencer.take(batch.applying(), destination_ns)
         events += self.sequencer.release(self._complete_through, self._partition_count)
         for event in events:
             if event.where in self.partitions:
@@ -255,8 +257,11 @@ class Replay:
     # ---------------------------------------------------------------------------------------------- checkpoint
 
     def _checkpoint(self, batch: Batch) -> None:
+        by_partition: dict[PartitionKey, list[Received]] = defaultdict(list)
         for received in sorted(batch.to_apply + batch.passed, key=lambda r: r.offset):
-            self.partitions[received.where].passed(received, self.gates.overlap.until.get(received.where))
+            by_partition[received.where].append(received)
+        for where, went_through in by_partition.items():
+            self.partitions[where].passed_in_order(went_through, self.gates.overlap.until.get(where))
         saved = []
         for where, state in self.partitions.items():
             if not state.changed:

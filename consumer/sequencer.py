@@ -19,7 +19,7 @@ import heapq
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from bson.timestamp import Timestamp
@@ -35,6 +35,7 @@ log = logging.getLogger("kafkashake.consumer.sequencer")
 # Above this many held changes a partition is paused (it is ahead of the others); resumed below half of it.
 HELD_PER_PARTITION = 20_000
 INDEXES_TTL_S = 30.0
+ORDERABLE_OPS = frozenset(("i", "u", "d"))
 
 
 class UniqueIndexes:
@@ -98,6 +99,10 @@ class _Partition:
     paused: bool = False
 
 
+def _later(a: Timestamp | None, b: Timestamp | None) -> Timestamp | None:
+    return a if b is None or a is b or (a is not None and a >= b) else b
+
+
 class Sequencer:
     def __init__(self, is_ordered: Callable[[str], bool]) -> None:
         self._is_ordered = is_ordered
@@ -109,21 +114,36 @@ class Sequencer:
             state = self._partitions[where] = _Partition()
         return state
 
-    def take(self, received: Received, destination_ns: Callable[[str], str]) -> list[Event]:
-        """The events of `received` to apply now; those of ordered collections are held here instead. A partition
-        that already holds some holds every later change of an ordered collection too."""
-        state = self._partition(received.where)
+    def take(self, batch: Iterable[Received], destination_ns: Callable[[str], str]) -> list[Event]:
+        """The events of `batch` to apply now; those of ordered collections are held here instead. A partition
+        that already holds some holds every later change of an ordered collection too. Which collections are
+        ordered is looked up once per batch."""
+        ordered: dict[str, bool] = {}
         free: list[Event] = []
-        for event in received.events:
-            if event.op in ("i", "u", "d") and self._is_ordered(destination_ns(event.ns)):
-                state.held.append(_Held(event, received.first_offset))
-            else:
+        newest: dict[PartitionKey, tuple[Timestamp | None, Timestamp | None]] = {}
+        for received in batch:
+            where = received.where
+            state = self._partition(where)
+            ts = None
+            for event in received.events:
+                fields = event.fields
+                if isinstance(fields.get("ts"), Timestamp):
+                    ts = fields["ts"]
+                if fields["op"] in ORDERABLE_OPS:
+                    ns = fields["ns"]
+                    is_ordered = ordered.get(ns)
+                    if is_ordered is None:
+                        is_ordered = ordered[ns] = self._is_ordered(destination_ns(ns))
+                    if is_ordered:
+                        state.held.append(_Held(event, received.first_offset))
+                        continue
                 free.append(event)
-        ts = next((e.fields.get("ts") for e in reversed(received.events) if isinstance(e.fields.get("ts"), Timestamp)),
-                  None)
-        self.saw(received.where, received.watermark)
-        if ts is not None:
-            self.saw(received.where, position.predecessor(ts))
+            watermark, newest_ts = newest.get(where, (None, None))
+            newest[where] = (_later(watermark, received.watermark), _later(newest_ts, ts))
+        for where, (watermark, ts) in newest.items():
+            self.saw(where, watermark)
+            if ts is not None:
+                self.saw(where, position.predecessor(ts))
         return free
 
     def saw(self, where: PartitionKey, through: Timestamp | None) -> None:

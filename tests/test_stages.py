@@ -136,10 +136,10 @@ def test_ordered_collections_apply_in_source_order_across_partitions() -> None:
     def complete(topic: str, partition: int) -> Timestamp | None:
         return sequencer.through((topic, partition))
 
-    free = sequencer.take(received(0, 5, ("i", 3, "d.unique"), ("i", 4, "d.plain")), lambda ns: ns)
+    free = sequencer.take([received(0, 5, ("i", 3, "d.unique"), ("i", 4, "d.plain"))], lambda ns: ns)
     assert [e.fields["ts"].inc for e in free] == [4], "other collections keep per-partition parallelism"
     assert sequencer.release(complete, lambda topic: 2) == [], "partition 1 may still hold an earlier change"
-    sequencer.take(received(1, 9, ("d", 2, "d.unique"), ("u", 7, "d.unique")), lambda ns: ns)
+    sequencer.take([received(1, 9, ("d", 2, "d.unique"), ("u", 7, "d.unique"))], lambda ns: ns)
     released = sequencer.release(complete, lambda topic: 2)
     assert [e.fields["ts"].inc for e in released] == [2, 3], "in source time order; 7 waits for partition 0"
     assert sequencer.first_held(("t", 1)) == FirstHeld(9, Timestamp(100, 7), (9, 1))
@@ -155,7 +155,7 @@ def test_a_restart_skips_what_was_applied_and_replays_the_rest_convergently() ->
     sequencer = Sequencer(lambda ns: ns == "d.unique")
     owner = PartitionState()
     batch = received(0, 5, ("i", 3, "d.unique"), ("i", 4, "d.unique"), ("i", 8, "d.unique"), ("i", 9, "d.plain"))
-    taken = sequencer.take(batch, lambda ns: ns)
+    taken = sequencer.take([batch], lambda ns: ns)
     sequencer.saw(("t", 1), Timestamp(100, 5))
     taken += sequencer.release(lambda topic, partition: sequencer.through((topic, partition)), lambda topic: 2)
     for event in taken:
