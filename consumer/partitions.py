@@ -130,6 +130,8 @@ class PartitionState:
             self._complete(received.watermark)
             if received.heartbeat is not None:
                 heartbeat = received.heartbeat
+                in_sync = heartbeat.in_sync_as_of.timestamp()
+                newest_time = in_sync if newest_time is None else max(newest_time, in_sync)
             message_ts = None
             for event in received.events:
                 fields = event.fields
@@ -150,8 +152,6 @@ class PartitionState:
         if heartbeat is not None:
             self.in_sync_as_of = heartbeat.in_sync_as_of
             self.heartbeat, self.heartbeat_received_at = heartbeat, time.time() if now is None else now
-            in_sync = heartbeat.in_sync_as_of.timestamp()
-            newest_time = in_sync if newest_time is None else max(newest_time, in_sync)
         self.complete_as_of = newest_time
         self.changed = True
 

@@ -101,20 +101,22 @@ class Replay:
         self.settle()
         batch = Batch()
         consumed = 0
-        for received in taken:
-            where = received.where
-            if where not in self.partitions:
-                self.intake.forget(where)
-                continue  # fetched before its partition was revoked: its next owner reads it
-            self.partitions[where].at_end = False
-            if where in batch.held:
-                continue  # rewound: read again once the partition is resumed
-            consumed += 1
-            if received.error is not None:
-                self._undecodable(received, batch)
-            else:
-                self._gate(received, batch)
-        self._metrics.messages_consumed.inc(consumed)
+        try:
+            for received in taken:
+                where = received.where
+                if where not in self.partitions:
+                    self.intake.forget(where)
+                    continue  # fetched before its partition was revoked: its next owner reads it
+                self.partitions[where].at_end = False
+                if where in batch.held:
+                    continue  # rewound: read again once the partition is resumed
+                consumed += 1
+                if received.error is not None:
+                    self._undecodable(received, batch)
+                else:
+                    self._gate(received, batch)
+        finally:
+            self._metrics.messages_consumed.inc(consumed)
         self._start_apply(batch)
 
     def _gate(self, received: Received, batch: Batch) -> None:

@@ -35,7 +35,7 @@ log = logging.getLogger("kafkashake.consumer.sequencer")
 # Above this many held changes a partition is paused (it is ahead of the others); resumed below half of it.
 HELD_PER_PARTITION = 20_000
 INDEXES_TTL_S = 30.0
-ORDERABLE_OPS = frozenset(("i", "u", "d"))
+ORDERABLE_OPS = ("i", "u", "d")
 
 
 class UniqueIndexes:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import random
 
 import bson
 import pytest
@@ -213,3 +214,39 @@ def test_heartbeats_round_trip_and_consumer_lag_follows_them() -> None:
     assert state.lag_seconds(now=1003.0) == 0.0, "read to its end, a fresh heartbeat, a producer in sync"
     assert state.lag_seconds(now=1020.0) == 20.0, "no heartbeat for 15 s: what is known grows old"
     assert state.watermark == Timestamp(500, 3)
+
+
+def test_a_partitions_messages_passed_together_leave_the_state_they_leave_passed_one_by_one() -> None:
+    """The consumer passes a batch's messages of a partition in one call; heartbeats going back in time, ts out of
+    order, events without ts and `n` events included."""
+    rng = random.Random(7)
+
+    def message(offset: int) -> Received:
+        if rng.random() < 0.25:
+            beat = Heartbeat(Timestamp(500 + rng.randrange(50), 1),
+                             dt.datetime.fromtimestamp(1000 + rng.randrange(-30, 30), dt.timezone.utc), 0.0, 2.0)
+            event = bson.decode(heartbeat_event(beat, dt.datetime(2030, 1, 1)))
+            found = Received("t", 0, offset, offset, None, b"", [], {headers.HEARTBEAT: "true",
+                                                                     headers.WATERMARK: f"{500 + rng.randrange(50)},1"})
+            found.events = [Event(event, "t", 0, offset)]
+            return found
+        watermark = {headers.WATERMARK: f"{500 + rng.randrange(50)},{rng.randrange(3)}"} if rng.random() < 0.5 else {}
+        found = Received("t", 0, offset, offset, None, b"", [], watermark)
+        for index in range(rng.randrange(3)):
+            fields = {"op": rng.choice("iudn"), "ns": "d.c", "o": {}}
+            if rng.random() < 0.8:
+                fields["ts"] = Timestamp(500 + rng.randrange(50), rng.randrange(1, 3))
+            if rng.random() < 0.5:
+                fields["wall"] = dt.datetime(2030, 1, 1, 0, 0, rng.randrange(60))
+            found.events.append(Event(fields, "t", 0, offset, index))
+        return found
+
+    for _ in range(300):
+        together, one_by_one = PartitionState(), PartitionState()
+        for state in (together, one_by_one):
+            state.skip_through, state.replay_through = (3, 0), (5, 0)
+        messages = [message(offset) for offset in range(rng.randrange(1, 10))]
+        together.passed_in_order(messages, Timestamp(9, 9), now=5.0)
+        for received in messages:
+            one_by_one.passed(received, Timestamp(9, 9), now=5.0)
+        assert together == one_by_one
