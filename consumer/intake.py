@@ -56,6 +56,15 @@ class Received:
         return _watermark(text) if text else None
 
     @property
+    def ts(self) -> Timestamp | None:
+        """The source position of its last event that has one."""
+        for event in reversed(self.events):
+            ts = event.fields.get("ts")
+            if isinstance(ts, Timestamp):
+                return ts
+        return None
+
+    @property
     def heartbeat(self) -> Heartbeat | None:
         if self.headers.get(headers.HEARTBEAT) != "true" or len(self.events) != 1:
             return None

@@ -132,17 +132,14 @@ class PartitionState:
                 heartbeat = received.heartbeat
                 in_sync = heartbeat.in_sync_as_of.timestamp()
                 newest_time = in_sync if newest_time is None else max(newest_time, in_sync)
-            message_ts = None
             for event in received.events:
-                fields = event.fields
-                if isinstance(fields.get("ts"), Timestamp):
-                    message_ts = fields["ts"]
-                if fields["op"] != "n":
-                    event_time = source_time(fields)
+                if event.fields["op"] != "n":
+                    event_time = source_time(event.fields)
                     newest_time = event_time if newest_time is None else max(newest_time, event_time)
+            message_ts = received.ts
             if message_ts is not None:
                 self.ts = message_ts
-                newest_ts = message_ts if newest_ts is None else max(newest_ts, message_ts)
+                newest_ts = position.later(newest_ts, message_ts)
         last = batch[-1]
         self._past_replay(last.offset)
         self.offset, self.snapshot_until = last.offset, snapshot_until

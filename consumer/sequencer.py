@@ -99,10 +99,6 @@ class _Partition:
     paused: bool = False
 
 
-def _later(a: Timestamp | None, b: Timestamp | None) -> Timestamp | None:
-    return a if b is None or a is b or (a is not None and a >= b) else b
-
-
 class Sequencer:
     def __init__(self, is_ordered: Callable[[str], bool]) -> None:
         self._is_ordered = is_ordered
@@ -124,11 +120,8 @@ class Sequencer:
         for received in batch:
             where = received.where
             state = self._partition(where)
-            ts = None
             for event in received.events:
                 fields = event.fields
-                if isinstance(fields.get("ts"), Timestamp):
-                    ts = fields["ts"]
                 if fields["op"] in ORDERABLE_OPS:
                     ns = fields["ns"]
                     is_ordered = ordered.get(ns)
@@ -139,7 +132,7 @@ class Sequencer:
                         continue
                 free.append(event)
             watermark, newest_ts = newest.get(where, (None, None))
-            newest[where] = (_later(watermark, received.watermark), _later(newest_ts, ts))
+            newest[where] = (position.later(watermark, received.watermark), position.later(newest_ts, received.ts))
         for where, (watermark, ts) in newest.items():
             self.saw(where, watermark)
             if ts is not None:

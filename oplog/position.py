@@ -24,6 +24,11 @@ def predecessor(ts: Timestamp) -> Timestamp:
     return Timestamp(ts.time - 1, _MAX_INCREMENT)
 
 
+def later(a: Timestamp | None, b: Timestamp | None) -> Timestamp | None:
+    """The newer of two positions, either of which may be unknown."""
+    return a if b is None or a is b or (a is not None and a >= b) else b
+
+
 def successor(ts: Timestamp) -> Timestamp:
     if ts.inc < _MAX_INCREMENT:
         return Timestamp(ts.time, ts.inc + 1)
