@@ -33,7 +33,7 @@ from kafkashake.runtime.errors import FatalError
 from kafkashake.runtime.http_api import ProcessEndpoint
 from kafkashake.runtime.kafka_health import KafkaHealth, KafkaUse
 from kafkashake.runtime.kafka_topics import TopicDirectory
-from kafkashake.runtime.retry import retry_transient
+from kafkashake.runtime.retry import is_transient, retry_transient
 from kafkashake.runtime.settings import secret_values
 from kafkashake.runtime.shutdown import ShutdownFlag
 from kafkashake.runtime.status import Liveness, RateMeter, RuntimeControls, counter_totals, describe_position, sanitized
@@ -42,6 +42,7 @@ from kafkashake.schemas.partitioning import PartitionBy
 
 log = logging.getLogger("kafkashake.producer")
 FLUSH_TIMEOUT_S = 60.0
+FINAL_CHECKPOINT_RETRY_S = 10.0
 # How long a refused producer waits for librdkafka to say why.
 FATAL_CAUSE_WAIT_S = 30.0
 REPARTITION_MESSAGE = "kafkashake partitioning changed"
@@ -108,7 +109,7 @@ class ProducerRun:
                          "streams from the position captured before the copy")
                 return
             self.stream = StreamLoop(self.settings, self.source, publisher, directory, self.store, self.metrics,
-                                     self.controls, self.kafka_health, self.shutdown, self._beat, self._call)
+                                     self.controls, self.kafka_health, self.shutdown, self._beat)
             self._announce_repartition(publisher, start)
             self.stream.refresh_window(start.ts)
             try:
@@ -198,14 +199,30 @@ class ProducerRun:
             log.warning("flushing Kafka on the way out failed", extra={"error": str(exc)})
             remaining = publisher.outstanding()
         if self.stream is not None:
+            self.stream.stop_checkpointing()
             self.stream.count_acknowledged()
         final = self.source.safe_checkpoint() if started else start
         lease_lost = self.lease is not None and self.lease.lost.is_set()
         if publisher.delivery_error is None and publisher.refused is None and started and not lease_lost:
-            self._call(lambda: self.store.save(final), "saving the final checkpoint")
+            self._save_final(final)
         if self.lease is not None:
             self.lease.release()
         log.info("producer stopped", extra={"checkpoint": position.describe(final.ts), "unacknowledged": remaining})
+
+    def _save_final(self, final: Checkpoint) -> None:
+        """The last checkpoint, retried for a while even though the process is stopping: the stream may have run
+        far past the one saved before while the checkpoint database failed."""
+        try:
+            retry_transient(lambda: self.store.save(final), "saving the final checkpoint",
+                            give_up_after_s=FINAL_CHECKPOINT_RETRY_S)
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            saved = self.stream.saved if self.stream is not None else None
+            raise FatalError(
+                f"could not save the final checkpoint {position.describe(final.ts)}: {exc}. The checkpoint stays at "
+                f"{position.describe(saved.ts) if saved else 'where it was'}; a restart publishes again from there "
+                "(consumers apply repeated changes convergently)") from exc
 
     def _beat(self) -> None:
         """The main loop turned: tell /readyz, and stop if another instance took the --ha lease."""

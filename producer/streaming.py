@@ -3,8 +3,10 @@ heartbeats as Kafka acknowledges them."""
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from typing import Any, Protocol
 
 from bson.timestamp import Timestamp
@@ -21,7 +23,7 @@ from kafkashake.runtime.errors import FatalError
 from kafkashake.runtime.kafka_health import KafkaHealth
 from kafkashake.runtime.kafka_topics import TopicDirectory
 from kafkashake.runtime.logs import RateLimitedLog
-from kafkashake.runtime.retry import Backoff, is_transient
+from kafkashake.runtime.retry import Backoff, is_transient, retry_transient
 from kafkashake.runtime.shutdown import ShutdownFlag
 from kafkashake.runtime.status import RuntimeControls
 from kafkashake.schemas import topics
@@ -56,7 +58,7 @@ class Source(Protocol):
 class StreamLoop:
     def __init__(self, settings: ProducerSettings, source: Source, publisher: Publisher, directory: TopicDirectory,
                  store: CheckpointStore, metrics: ProducerMetrics, controls: RuntimeControls, health: KafkaHealth,
-                 shutdown: ShutdownFlag, beat: Callable[[], None], call: Callable[[Callable[[], Any], str], Any]) -> None:
+                 shutdown: ShutdownFlag, beat: Callable[[], None]) -> None:
         self._settings = settings
         self._source = source
         self._publisher = publisher
@@ -67,9 +69,12 @@ class StreamLoop:
         self._health = health
         self._shutdown = shutdown
         self._beat = beat
-        self._call = call
         self.progress = SyncProgress()
         self.saved: Checkpoint | None = None
+        # Checkpoints are written on a thread of their own, so a slow or failing checkpoint database (retried while
+        # it fails) holds back the checkpoint, not the stream.
+        self._saving: tuple[Checkpoint, Future[None]] | None = None
+        self._checkpointing_stopped = threading.Event()
         self._window_checked_at = 0.0
         self._saved_at = time.monotonic()
         self._heartbeat_at = 0.0
@@ -185,8 +190,12 @@ class StreamLoop:
         publisher.set_watermark(watermark)
         self._send_heartbeats()
         self._report_stalled_acknowledgements()
-        if time.monotonic() - self._saved_at >= self._settings.checkpoint.interval_s:
+        if self._saving is not None and self._saving[1].done():
+            self._saved(*self._saving)
+        if self._saving is None and time.monotonic() - self._saved_at >= self._settings.checkpoint.interval_s:
             self.save_checkpoint()
+        if self.saved is not None:
+            self.refresh_window(self.saved.ts)
 
     def _send_heartbeats(self) -> None:
         interval = self._settings.topics.heartbeat_interval_s
@@ -227,12 +236,45 @@ class StreamLoop:
     # ---------------------------------------------------------------------------------------------- checkpoint
 
     def save_checkpoint(self) -> None:
+        """Start writing the safe checkpoint. The stream goes on meanwhile; a write that fails for good raises its
+        error on a later turn."""
         safe = self._source.safe_checkpoint()
-        self._call(lambda: self._store.save(safe), "saving the checkpoint")
-        self.saved, self._saved_at = safe, time.monotonic()
+        self._saved_at = time.monotonic()
+        write: Future[None] = Future()
+        self._saving = safe, write
+        threading.Thread(target=self._write_checkpoint, args=(safe, write), name="kafkashake-checkpoint",
+                         daemon=True).start()
+
+    def _write_checkpoint(self, safe: Checkpoint, write: Future[None]) -> None:
+        try:
+            retry_transient(lambda: self._store.save(safe), "saving the checkpoint",
+                            lambda: self._shutdown.requested or self._checkpointing_stopped.is_set())
+        except BaseException as exc:  # noqa: BLE001  raised on the stream's thread
+            write.set_exception(exc)
+        else:
+            write.set_result(None)
+
+    def _saved(self, safe: Checkpoint, write: Future[None]) -> None:
+        self._saving = None
+        write.result()
+        self.saved = safe
         self._metrics.checkpoint_ts.set(safe.ts.time)
         self._metrics.lag.set(self.progress.lag_seconds())
-        self.refresh_window(safe.ts)
+
+    def stop_checkpointing(self) -> None:
+        """Let the checkpoint write in flight end (one still retrying gives up), so that no older checkpoint lands
+        after the final one."""
+        self._checkpointing_stopped.set()
+        if self._saving is None:
+            return
+        safe, write = self._saving
+        error = write.exception()
+        if error is None:
+            self._saved(safe, write)
+        elif not isinstance(error, InterruptedError):
+            self._saving = None
+            log.error("saving the checkpoint failed", extra={"position": position.describe(safe.ts),
+                                                              "error": str(error)})
 
     def refresh_window(self, checkpoint: Timestamp) -> None:
         now = time.monotonic()

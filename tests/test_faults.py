@@ -11,7 +11,7 @@ import time
 import pytest
 
 from conftest import client, consumer_args, producer_args, unique, wait_until
-from kafkashake.demo import workload
+from kafkashake.demo import embedded, workload
 from kafkashake.producer.checkpoint import Checkpoint, CheckpointStore, FencedError
 from test_pipeline import wait_equal
 
@@ -131,6 +131,55 @@ def test_destination_down_for_10_seconds_consumer_retries_and_loses_nothing(stac
         assert consumer.terminate() == 0 and producer.terminate() == 0
     finally:
         destination.stop()
+
+
+def refuse_checkpoint_writes(store, refuse: bool, producer) -> int:
+    """The checkpoint store answers every producer update with WriteConflict (a transient error) until told
+    otherwise. Returns how much the producer had logged before."""
+    logged = len(producer.log())
+    client(store).admin.command("configureFailPoint", "failCommand", mode="alwaysOn" if refuse else "off",
+                                data={"failCommands": ["update"], "appName": "kafkashake-producer", "errorCode": 112})
+    return logged
+
+
+def test_a_failing_checkpoint_store_holds_back_the_checkpoint_not_the_stream(stack, source, destination, brokers,
+                                                                             cli) -> None:
+    store = stack.start_mongo(unique("checkpoint-store"), "--enable-test-commands")
+    topic, db = unique("store-fails"), unique("store_fails").replace("-", "_")
+    producer = cli(*producer_args(source, brokers, topic, "--checkpoint-uri", embedded.mongo_uri(store)),
+                   name="producer").start()
+    consumer = cli(*consumer_args(destination, brokers, topic), name="consumer").start()
+    checkpoints = client(store)["kafkashake"]["checkpoint"]
+    items = client(source)[db]["items"]
+    try:
+        wait_until(lambda: checkpoints.find_one({}) is not None, 60, "the first checkpoint")
+        items.insert_many([{"_id": i, "round": 1} for i in range(100)])
+        wait_equal(source, destination, db)
+        refused_from = refuse_checkpoint_writes(store, True, producer)
+        items.insert_one({"_id": "moves the checkpoint", "round": 1})
+        wait_until(lambda: "saving the checkpoint" in producer.log()[refused_from:], 60, "a checkpoint write refused")
+        held = checkpoints.find_one({})["ts"]
+
+        items.insert_many([{"_id": i, "round": 2} for i in range(100, 600)])
+        wait_equal(source, destination, db)  # published while every checkpoint write is refused
+        assert checkpoints.find_one({})["ts"] == held
+        assert producer.running, producer.log()[-2000:]
+
+        refuse_checkpoint_writes(store, False, producer)
+        newest = client(source).local["oplog.rs"].find_one({"ns": f"{db}.items"}, sort=[("$natural", -1)])["ts"]
+        wait_until(lambda: checkpoints.find_one({})["ts"] >= newest, 60, "the checkpoint to catch up")
+
+        # Stopped while the store refuses: the final checkpoint is retried a while, then the producer says it could
+        # not save it and exits 1 instead of 0.
+        refused_from = refuse_checkpoint_writes(store, True, producer)
+        items.insert_one({"_id": "published, not checkpointed", "round": 3})
+        wait_until(lambda: "saving the checkpoint" in producer.log()[refused_from:], 60, "a checkpoint write refused")
+        assert producer.terminate() == 1
+        assert "could not save the final checkpoint" in producer.log()[refused_from:]
+        assert checkpoints.find_one({})["ts"] == newest
+        assert consumer.terminate() == 0
+    finally:
+        store.stop()
 
 
 def test_ha_standby_takes_over_within_the_lease_after_kill9(source, destination, brokers, cli) -> None:
