@@ -109,7 +109,7 @@ class ProducerRun:
                          "streams from the position captured before the copy")
                 return
             self.stream = StreamLoop(self.settings, self.source, publisher, directory, self.store, self.metrics,
-                                     self.controls, self.kafka_health, self.shutdown, self._beat)
+                                     self.controls, self.kafka_health, self.shutdown, self._beat, start)
             self._announce_repartition(publisher, start)
             self.stream.refresh_window(start.ts)
             try:
@@ -199,7 +199,7 @@ class ProducerRun:
             log.warning("flushing Kafka on the way out failed", extra={"error": str(exc)})
             remaining = publisher.outstanding()
         if self.stream is not None:
-            self.stream.stop_checkpointing()
+            self.stream.stop_checkpointing(FINAL_CHECKPOINT_RETRY_S)
             self.stream.count_acknowledged()
         final = self.source.safe_checkpoint() if started else start
         lease_lost = self.lease is not None and self.lease.lost.is_set()
@@ -218,11 +218,11 @@ class ProducerRun:
         except Exception as exc:
             if not is_transient(exc):
                 raise
-            saved = self.stream.saved if self.stream is not None else None
+            saved = self.stream.saved if self.stream is not None else final
             raise FatalError(
                 f"could not save the final checkpoint {position.describe(final.ts)}: {exc}. The checkpoint stays at "
-                f"{position.describe(saved.ts) if saved else 'where it was'}; a restart publishes again from there "
-                "(consumers apply repeated changes convergently)") from exc
+                f"{position.describe(saved.ts)}; a restart publishes again from there (consumers apply repeated "
+                "changes convergently)") from exc
 
     def _beat(self) -> None:
         """The main loop turned: tell /readyz, and stop if another instance took the --ha lease."""

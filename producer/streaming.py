@@ -6,7 +6,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future
+from concurrent.futures import Future, TimeoutError as FutureTimeout
 from typing import Any, Protocol
 
 from bson.timestamp import Timestamp
@@ -37,6 +37,8 @@ ACKNOWLEDGEMENTS_EVERY, ACKNOWLEDGEMENTS_S = 64, 0.01
 TOPIC_LIST_REFRESH_S = 60.0
 # Say so in the log when Kafka has acknowledged nothing for this long while messages wait.
 ACKNOWLEDGEMENT_STALL_LOG_S = 10.0
+# A checkpoint write in flight this long is said in the log (the stream goes on meanwhile).
+CHECKPOINT_WRITE_SLOW_S = 30.0
 # kafkashake_producer_publish_seconds times one operation in this many (timing each one cost a tenth of the loop).
 PUBLISH_TIME_SAMPLE_EVERY = 16
 
@@ -58,7 +60,7 @@ class Source(Protocol):
 class StreamLoop:
     def __init__(self, settings: ProducerSettings, source: Source, publisher: Publisher, directory: TopicDirectory,
                  store: CheckpointStore, metrics: ProducerMetrics, controls: RuntimeControls, health: KafkaHealth,
-                 shutdown: ShutdownFlag, beat: Callable[[], None]) -> None:
+                 shutdown: ShutdownFlag, beat: Callable[[], None], saved: Checkpoint) -> None:
         self._settings = settings
         self._source = source
         self._publisher = publisher
@@ -70,7 +72,7 @@ class StreamLoop:
         self._shutdown = shutdown
         self._beat = beat
         self.progress = SyncProgress()
-        self.saved: Checkpoint | None = None
+        self.saved = saved
         # Checkpoints are written on a thread of their own, so a slow or failing checkpoint database (retried while
         # it fails) holds back the checkpoint, not the stream.
         self._saving: tuple[Checkpoint, Future[None]] | None = None
@@ -86,6 +88,7 @@ class StreamLoop:
         self._handed = self._acknowledged = self._acknowledged_counted = 0
         self._publish_times: list[float] = []
         self._stall_log = RateLimitedLog(log, per_window=1, window_s=30.0)
+        self._slow_checkpoint_log = RateLimitedLog(log, per_window=1, window_s=CHECKPOINT_WRITE_SLOW_S)
         self._message_timeout_ms = int(settings.kafka.properties.get("message.timeout.ms", 300_000))
 
     # ---------------------------------------------------------------------------------------------- the loop
@@ -190,12 +193,20 @@ class StreamLoop:
         publisher.set_watermark(watermark)
         self._send_heartbeats()
         self._report_stalled_acknowledgements()
+        self._checkpoint_turn()
+
+    def _checkpoint_turn(self) -> None:
+        """Take the result of the write in flight, start the next one when due, and keep the oplog window measured
+        against what is saved."""
+        since = time.monotonic() - self._saved_at
         if self._saving is not None and self._saving[1].done():
             self._saved(*self._saving)
-        if self._saving is None and time.monotonic() - self._saved_at >= self._settings.checkpoint.interval_s:
+        elif self._saving is not None and since >= CHECKPOINT_WRITE_SLOW_S:
+            self._slow_checkpoint_log.warning("a checkpoint write has not ended: the saved checkpoint stays behind",
+                                              waiting_s=round(since), saved=position.describe(self.saved.ts))
+        if self._saving is None and since >= self._settings.checkpoint.interval_s:
             self.save_checkpoint()
-        if self.saved is not None:
-            self.refresh_window(self.saved.ts)
+        self.refresh_window(self.saved.ts)
 
     def _send_heartbeats(self) -> None:
         interval = self._settings.topics.heartbeat_interval_s
@@ -261,14 +272,20 @@ class StreamLoop:
         self._metrics.checkpoint_ts.set(safe.ts.time)
         self._metrics.lag.set(self.progress.lag_seconds())
 
-    def stop_checkpointing(self) -> None:
+    def stop_checkpointing(self, timeout_s: float) -> None:
         """Let the checkpoint write in flight end (one still retrying gives up), so that no older checkpoint lands
         after the final one."""
         self._checkpointing_stopped.set()
         if self._saving is None:
             return
         safe, write = self._saving
-        error = write.exception()
+        try:
+            error = write.exception(timeout_s)
+        except FutureTimeout:
+            raise FatalError(f"a checkpoint write did not end within {timeout_s:.0f} s of stopping: not saving the "
+                             f"final checkpoint, which that write could land after. The saved checkpoint is "
+                             f"{position.describe(self.saved.ts)}, or {position.describe(safe.ts)} if that write "
+                             "lands; a restart publishes again from it") from None
         if error is None:
             self._saved(safe, write)
         elif not isinstance(error, InterruptedError):

@@ -172,11 +172,13 @@ def test_a_failing_checkpoint_store_holds_back_the_checkpoint_not_the_stream(sta
         # Stopped while the store refuses: the final checkpoint is retried a while, then the producer says it could
         # not save it and exits 1 instead of 0.
         refused_from = refuse_checkpoint_writes(store, True, producer)
-        items.insert_one({"_id": "published, not checkpointed", "round": 3})
+        written = items.insert_one({"_id": "published, not checkpointed", "round": 3})
         wait_until(lambda: "saving the checkpoint" in producer.log()[refused_from:], 60, "a checkpoint write refused")
+        held = checkpoints.find_one({})["ts"]
+        assert held < client(source).local["oplog.rs"].find_one({"o._id": written.inserted_id})["ts"]
         assert producer.terminate() == 1
         assert "could not save the final checkpoint" in producer.log()[refused_from:]
-        assert checkpoints.find_one({})["ts"] == newest
+        assert checkpoints.find_one({})["ts"] == held
         assert consumer.terminate() == 0
     finally:
         store.stop()
