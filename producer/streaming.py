@@ -78,7 +78,7 @@ class StreamLoop:
         self._saving: tuple[Checkpoint, Future[None]] | None = None
         self._checkpointing_stopped = threading.Event()
         self._window_checked_at = 0.0
-        self._saved_at = time.monotonic()
+        self._write_started_at = time.monotonic()
         self._heartbeat_at = 0.0
         self._heartbeat_topics: list[str] = []
         self._topics_listed_at = 0.0
@@ -198,7 +198,7 @@ class StreamLoop:
     def _checkpoint_turn(self) -> None:
         """Take the result of the write in flight, start the next one when due, and keep the oplog window measured
         against what is saved."""
-        since = time.monotonic() - self._saved_at
+        since = time.monotonic() - self._write_started_at
         if self._saving is not None and self._saving[1].done():
             self._saved(*self._saving)
         elif self._saving is not None and since >= CHECKPOINT_WRITE_SLOW_S:
@@ -250,7 +250,7 @@ class StreamLoop:
         """Start writing the safe checkpoint. The stream goes on meanwhile; a write that fails for good raises its
         error on a later turn."""
         safe = self._source.safe_checkpoint()
-        self._saved_at = time.monotonic()
+        self._write_started_at = time.monotonic()
         write: Future[None] = Future()
         self._saving = safe, write
         threading.Thread(target=self._write_checkpoint, args=(safe, write), name="kafkashake-checkpoint",
