@@ -34,12 +34,17 @@ class ProducerMetrics:
         )
         self.resume_headroom = Gauge(
             "kafkashake_producer_resume_headroom_seconds",
-            "Checkpoint time minus the oldest oplog entry's time: how far the checkpoint is from falling off.",
+            "Checkpoint time minus the oldest oplog entry's time: how far the checkpoint is from falling off. NaN "
+            "until measured, and where the oplog cannot be read (through mongos).",
             registry=r,
         )
         self.oplog_window = Gauge(
-            "kafkashake_producer_oplog_window_seconds", "Newest minus oldest oplog entry time.", registry=r
+            "kafkashake_producer_oplog_window_seconds", "Newest minus oldest oplog entry time; NaN until measured.",
+            registry=r,
         )
+        # Not zero: a headroom of zero would fire the ResumeHeadroomLow alert for a position that is merely unknown.
+        self.resume_headroom.set(float("nan"))
+        self.oplog_window.set(float("nan"))
         self.publish_seconds = Histogram(
             "kafkashake_producer_publish_seconds",
             "Time from handing an operation to Kafka to its acknowledgement, sampled: one operation in 16.", registry=r

@@ -1,12 +1,14 @@
 """End to end on real processes: SecantusDB → producer → Apache Kafka → consumer → SecantusDB."""
 from __future__ import annotations
 
+import math
 import re
 import subprocess
 import urllib.request
 import sys
 import time
 from collections import defaultdict
+from typing import Any
 
 import bson
 import pytest
@@ -168,6 +170,11 @@ def test_sigterm_checkpoints_and_restart_resumes_exclusively(source, destination
     assert sorted(event["o"]["_id"] for event in events) == list(range(80))
 
 
+def resume_headroom(producer: Any) -> float:
+    metrics = urllib.request.urlopen(endpoint_url(producer.log(), "/metrics"), timeout=10).read().decode()
+    return float(re.search(r"^kafkashake_producer_resume_headroom_seconds (\S+)$", metrics, re.M).group(1))
+
+
 def test_checkpoint_fallen_off_the_oplog_exits_3_after_the_headroom_metric_warned(stack, brokers, cli) -> None:
     small = stack.start_mongo(unique("small-oplog"), "--oplog-max-entries", "40")
     try:
@@ -176,8 +183,8 @@ def test_checkpoint_fallen_off_the_oplog_exits_3_after_the_headroom_metric_warne
         src["shop"]["before"].insert_many([{"_id": i} for i in range(50)])
         producer = cli(*producer_args(small, brokers, topic), name="producer").start()
         wait_until(lambda: checkpointed(small), 30, "first checkpoint")
-        metrics = urllib.request.urlopen(endpoint_url(producer.log(), "/metrics"), timeout=10).read().decode()
-        headroom = float(re.search(r"^kafkashake_producer_resume_headroom_seconds (\S+)$", metrics, re.M).group(1))
+        wait_until(lambda: not math.isnan(resume_headroom(producer)), 30, "headroom measured (NaN until then)")
+        headroom = resume_headroom(producer)
         threshold = float(re.search(r"resume_headroom_seconds < (\d+)",
                                     (ROOT / "deploy" / "alerts.yml").read_text()).group(1))
         assert headroom < threshold, "the ResumeHeadroomLow alert would not have warned"
