@@ -2,9 +2,10 @@
 events (the sequencer keeping collections with unique indexes in source order), checkpoint in the destination and
 commit offsets.
 
-One batch is written at a time, in a writer thread, while the main thread polls and decodes the next; the next
-batch passes the gates only after the previous one is written and checkpointed, so the gates, the barrier and the
-checkpoint see the same state as if nothing overlapped."""
+One batch is written at a time, in a writer thread, while the main thread polls, decodes and gates the next. A
+batch's checkpoint is taken when its write starts, so it never holds what later batches passed, and is saved once
+the write is done. A partition with messages in the batch gated ahead counts as busy for the DDL barrier: its
+arrival is recorded only after that batch too is written and checkpointed."""
 from __future__ import annotations
 
 import logging
@@ -54,6 +55,18 @@ class Batch:
     def applying(self) -> list[Received]:
         return self.to_apply + self.partly
 
+    def partitions(self) -> set[PartitionKey]:
+        return {received.where for received in self.to_apply + self.partly + self.passed} | self.held
+
+
+@dataclass
+class Pending:
+    """A batch handed to the writer, and the checkpoint to save once its write is done."""
+
+    batch: Batch
+    written: Future[ApplyReport] | None
+    checkpoint: list[PartitionPosition]
+
 
 @dataclass
 class Gates:
@@ -84,22 +97,24 @@ class Replay:
         self._partition_count = partition_count
         self.intake = Intake()
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="kafkashake-apply")
-        self._pending: tuple[Batch, Future[ApplyReport] | None] | None = None
+        self._pending: Pending | None = None
+        # The batch passing the gates, not yet handed to the writer: its partitions are busy for the DDL barrier
+        # whenever the previous batch settles, also when gating stops on an error and the consumer closes.
+        self._gating: Batch | None = None
         self._conflict_log = RateLimitedLog(logging.getLogger("kafkashake.consumer.conflicts"))
         self._saved_watermarks: dict[str, tuple[float, dict[int, PartitionPosition]]] = {}
 
     # ---------------------------------------------------------------------------------------------- a batch
 
     def handle(self, messages: list[Message]) -> None:
-        """Messages of one poll, errors already taken out. They are decoded while the previous poll's events are
-        still being written; then that write is settled, these pass the gates and their write starts."""
+        """Messages of one poll, errors already taken out. They are decoded and pass the gates while the previous
+        poll's events are still being written; then that write is settled and theirs starts."""
         taken = []
         for message in messages:
             received = self.intake.take(message)
             if received is not None:  # else a fragment: the rest of its value is still to come
                 taken.append(received)
-        self.settle()
-        batch = Batch()
+        batch = self._gating = Batch()
         consumed = 0
         try:
             for received in taken:
@@ -117,6 +132,7 @@ class Replay:
                     self._gate(received, batch)
         finally:
             self._metrics.messages_consumed.inc(consumed)
+        self.settle()
         self._start_apply(batch)
 
     def _gate(self, received: Received, batch: Batch) -> None:
@@ -143,7 +159,8 @@ class Replay:
 
     def _undecodable(self, received: Received, batch: Batch) -> None:
         if self._dead_letters is None:
-            self._start_apply(batch)  # everything before it is applied and committed first
+            self.settle()  # everything before it is applied and committed first
+            self._start_apply(batch)
             self.settle()
             raise FatalError(
                 f"message {received.describe()} cannot be decoded: {received.error}. The consumer stops rather than "
@@ -177,7 +194,10 @@ class Replay:
     # ---------------------------------------------------------------------------------------------- applying
 
     def _start_apply(self, batch: Batch) -> None:
-        """Hand the batch's events to the writer thread; `settle()` waits for them and checkpoints the batch."""
+        """Hand the batch's events to the writer thread and take its checkpoint; `settle()` waits for the write and
+        saves the checkpoint."""
+        assert self._pending is None, "the previous batch is settled before the next one starts"
+        self._gating = None
         transform = self._settings.policy.transform
         destination_ns = transform.map if transform else (lambda ns: ns)
         events = self.sequencer.take(batch.applying(), destination_ns)
@@ -186,8 +206,9 @@ class Replay:
             if event.where in self.partitions:
                 self.partitions[event.where].applied_event(event.position)
         self._metrics.held_changes.set(self.sequencer.held())
+        checkpoint = self._checkpoint_of(batch)
         written = self._writer.submit(self._write, events) if events else None
-        self._pending = (batch, written)
+        self._pending = Pending(batch, written, checkpoint)
 
     def release_held(self) -> None:
         """With nothing polled: held changes may have become due, another instance having applied up to them (with
@@ -203,21 +224,22 @@ class Replay:
         return report
 
     def settle(self) -> None:
-        """Wait for the batch being written, account for it and checkpoint it (the checkpoint never runs ahead of
-        what the destination holds)."""
+        """Wait for the batch being written, account for it and save its checkpoint (the checkpoint never runs
+        ahead of what the destination holds)."""
         if self._pending is None:
             return
-        (batch, written), self._pending = self._pending, None
-        if written is not None:
-            report = written.result()
+        pending, self._pending = self._pending, None
+        if pending.written is not None:
+            report = pending.written.result()
             self.account(report)
             for rejection in report.rejected:
                 event = rejection.event
-                self.dead_letter(self._received_of(batch, event), rejection.reason,
+                self.dead_letter(self._received_of(pending.batch, event), rejection.reason,
                                  f"{rejection.error}; event {event.op} on {event.ns}", event)
-        self._checkpoint(batch)
+        self._save(pending.checkpoint)
         # Only now has every partition written what came before its barrier: a DDL never overtakes those writes.
-        self.barriers.record_arrivals(lambda where: self.sequencer.held(where) > 0)
+        busy = set() if self._gating is None else self._gating.partitions()
+        self.barriers.record_arrivals(lambda where: where in busy or self.sequencer.held(where) > 0)
 
     def account(self, report: ApplyReport) -> None:
         """Count what was applied, passed over and refused; record conflicts."""
@@ -258,25 +280,29 @@ class Replay:
 
     # ---------------------------------------------------------------------------------------------- checkpoint
 
-    def _checkpoint(self, batch: Batch) -> None:
+    def _checkpoint_of(self, batch: Batch) -> list[PartitionPosition]:
+        """Where the partitions stand once this batch is written: its messages passed, every change up to the
+        sequencer's first held one applied."""
         by_partition: dict[PartitionKey, list[Received]] = defaultdict(list)
         for received in sorted(batch.to_apply + batch.passed, key=lambda r: r.offset):
             by_partition[received.where].append(received)
         for where, went_through in by_partition.items():
             self.partitions[where].passed_in_order(went_through, self.gates.overlap.until.get(where))
-        saved = []
+        positions = []
         for where, state in self.partitions.items():
             if not state.changed:
                 continue
+            state.changed = False
             checkpoint = state.checkpoint(where, self.sequencer.first_held(where))
             if checkpoint is not None:
-                saved.append(checkpoint)
+                positions.append(checkpoint)
+        return positions
+
+    def _save(self, saved: list[PartitionPosition]) -> None:
         if not saved:
             return
         self._call(lambda: self._store.save(saved), "saving the consumer checkpoint")
         self._commit(saved)
-        for _, state in self.partitions.items():
-            state.changed = False
         newest = max((p.ts for p in saved if p.ts is not None), default=None)
         if newest is not None:
             self._metrics.checkpoint_ts.set(newest.time)
