@@ -4,8 +4,9 @@ commit offsets.
 
 One batch is written at a time, in a writer thread, while the main thread polls, decodes and gates the next. A
 batch's checkpoint is taken when its write starts, so it never holds what later batches passed, and is saved once
-the write is done. A partition with messages in the batch gated ahead counts as busy for the DDL barrier: its
-arrival is recorded only after that batch too is written and checkpointed."""
+the write is done, while the next batch is written. A partition with messages in a later batch, being gated or
+written, counts as busy for the DDL barrier: its arrival is recorded only after that batch too is written and
+checkpointed."""
 from __future__ import annotations
 
 import logging
@@ -66,6 +67,8 @@ class Pending:
     batch: Batch
     written: Future[ApplyReport] | None
     checkpoint: list[PartitionPosition]
+    # Partitions with messages in the batch or events in its write (the sequencer releases events of others).
+    busy: set[PartitionKey]
 
 
 @dataclass
@@ -108,7 +111,8 @@ class Replay:
 
     def handle(self, messages: list[Message]) -> None:
         """Messages of one poll, errors already taken out. They are decoded and pass the gates while the previous
-        poll's events are still being written; then that write is settled and theirs starts."""
+        poll's events are still being written; once that write is done theirs starts, and the previous batch's
+        checkpoint is saved while it runs."""
         taken = []
         for message in messages:
             received = self.intake.take(message)
@@ -132,8 +136,17 @@ class Replay:
                     self._gate(received, batch)
         finally:
             self._metrics.messages_consumed.inc(consumed)
-        self.settle()
+        written = self._wait_for_write()
         self._start_apply(batch)
+        if written is None:
+            return
+        try:
+            self._checkpointed(written)
+        except BaseException:
+            # The batch now being written is left unsettled: settling it on the way out would save a checkpoint
+            # and record DDL arrivals past this batch's unsaved checkpoint.
+            self._pending = None
+            raise
 
     def _gate(self, received: Received, batch: Batch) -> None:
         skipped = self.partitions[received.where].mark_replayed(received)
@@ -208,7 +221,7 @@ class Replay:
         self._metrics.held_changes.set(self.sequencer.held())
         checkpoint = self._checkpoint_of(batch)
         written = self._writer.submit(self._write, events) if events else None
-        self._pending = Pending(batch, written, checkpoint)
+        self._pending = Pending(batch, written, checkpoint, batch.partitions() | {event.where for event in events})
 
     def release_held(self) -> None:
         """With nothing polled: held changes may have become due, another instance having applied up to them (with
@@ -226,8 +239,14 @@ class Replay:
     def settle(self) -> None:
         """Wait for the batch being written, account for it and save its checkpoint (the checkpoint never runs
         ahead of what the destination holds)."""
+        written = self._wait_for_write()
+        if written is not None:
+            self._checkpointed(written)
+
+    def _wait_for_write(self) -> Pending | None:
+        """Wait for the batch being written and account for it; its checkpoint is still to save."""
         if self._pending is None:
-            return
+            return None
         pending, self._pending = self._pending, None
         if pending.written is not None:
             report = pending.written.result()
@@ -236,9 +255,16 @@ class Replay:
                 event = rejection.event
                 self.dead_letter(self._received_of(pending.batch, event), rejection.reason,
                                  f"{rejection.error}; event {event.op} on {event.ns}", event)
-        self._save(pending.checkpoint)
+        return pending
+
+    def _checkpointed(self, written: Pending) -> None:
+        """Save the checkpoint of a written batch, then record the DDL arrivals it completes."""
+        self._save(written.checkpoint)
         # Only now has every partition written what came before its barrier: a DDL never overtakes those writes.
+        # Those with messages in a batch being gated or written are not there yet.
         busy = set() if self._gating is None else self._gating.partitions()
+        if self._pending is not None:
+            busy |= self._pending.busy
         self.barriers.record_arrivals(lambda where: where in busy or self.sequencer.held(where) > 0)
 
     def account(self, report: ApplyReport) -> None:
