@@ -18,24 +18,22 @@ conflict."""
 from __future__ import annotations
 
 import logging
-import re
 from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-import bson
 from pymongo import MongoClient, ReplaceOne, UpdateOne
 from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
 
-from kafkashake.consumer.conflicts import DUPLICATE_KEY, UPDATE_MISSING, Conflict
+from kafkashake.consumer.conflicts import DUPLICATE_KEY, UPDATE_MISSING, Conflict, duplicate_index_name
 from kafkashake.consumer.dead_letters import REJECTED, UNKNOWN_OP
 from kafkashake.consumer.decoder import Event
 from kafkashake.consumer.ddl import apply_command, command_name
 from kafkashake.consumer.settings import ReplayPolicy
 from kafkashake.oplog.namespaces import command_target
-from kafkashake.consumer.write_plan import Write, direct_updates, ids_to_read, plan
+from kafkashake.consumer.write_plan import Lane, Write, id_chunks, ids_to_read, plan, plan_ahead
 from kafkashake.oplog.entry import CHANGE_STREAM_DDL, is_internal_namespace
 from kafkashake.runtime import mongo
 from kafkashake.runtime.errors import FatalError
@@ -49,10 +47,6 @@ log = logging.getLogger("kafkashake.consumer.applier")
 DUPLICATE_KEY_CODES = frozenset({11000, 11001})
 PASSED_OVER_REASONS = {"n": "noop", "c": "command", "invalidate": "invalidate", "kafkashake.gap": "history_gap",
                        **{kind: "command" for kind in CHANGE_STREAM_DDL}}
-# Documents for updates are read with `{_id: {$in: [...]}}`, which mongod answers with one _id index seek per value.
-# A run's ids go in as few finds as fit well under the 16 MiB command limit (a large _id can be megabytes).
-FETCH_MAX_IDS = 10_000
-FETCH_MAX_ID_BYTES = 8 * 1024 * 1024
 # Concurrent ordered bulk writes per run (namespaces, and lanes of one namespace's documents).
 WRITE_LANES = 4
 
@@ -99,9 +93,21 @@ class _Run:
     def __init__(self) -> None:
         self.writes: dict[str, list[Write]] = defaultdict(list)
         self.inserted: set[tuple[str, str]] = set()
+        self.lanes: list[Lane] | None = None
 
     def __bool__(self) -> bool:
         return bool(self.writes)
+
+
+@dataclass
+class Prepared:
+    """A batch's events sorted out before their turn to be written: runs of writes and the DDL commands between
+    them. The runs before the first command have their lanes, and what needs no read of the destination, planned."""
+
+    events: list[Event]
+    steps: list[_Run | Event] = field(default_factory=list)
+    report: ApplyReport = field(default_factory=ApplyReport)
+    written_before: bool = False
 
 
 class Applier:
@@ -119,7 +125,7 @@ class Applier:
         self._policy = policy
         self._dead_letters = dead_letters
         self._has_unique_index = has_unique_index
-        self._lanes = lanes
+        self._lane_count = lanes
         self._writers = ThreadPoolExecutor(lanes, thread_name_prefix="kafkashake-write")
 
     def _reject(self, report: ApplyReport, event: Event, reason: str, error: str) -> None:
@@ -136,7 +142,26 @@ class Applier:
         return mongo.latest(self._client, db, codec_options=EVENT_CODEC_OPTIONS)[coll]
 
     def apply(self, events: list[Event]) -> ApplyReport:
+        return self.write(self.prepare(events))
+
+    def write(self, prepared: Prepared) -> ApplyReport:
+        """Write a prepared batch. Tried again (after a transient error) it is prepared afresh, as a write's plan
+        and its retries of refused writes depend on the destination of the attempt."""
+        if prepared.written_before:
+            prepared = self.prepare(prepared.events)
+        prepared.written_before = True
         report = ApplyReport()
+        report.merge(prepared.report)
+        for step in prepared.steps:
+            if isinstance(step, Event):
+                self._apply_command(step, report)
+            else:
+                self._flush(step, report)
+        return report
+
+    def prepare(self, events: list[Event]) -> Prepared:
+        prepared = Prepared(events)
+        report, steps = prepared.report, prepared.steps
         run = _Run()
         policy = self._policy
         for event in events:
@@ -146,9 +171,9 @@ class Applier:
                 continue
             if op == "c" and (policy.ddl or is_snapshot(event.fields)) and not is_internal_namespace(event.ns, self._private):
                 if run:
-                    self._flush(run, report)
+                    steps.append(run)
                     run = _Run()
-                self._apply_command(event, report)
+                steps.append(event)
                 continue
             if op not in ("i", "u", "d"):
                 reason = PASSED_OVER_REASONS.get(op)
@@ -168,14 +193,18 @@ class Applier:
             write = Write.of(event)
             ns = policy.transform.map(event.ns) if policy.transform else event.ns
             if op == "u" and (ns, write.key) in run.inserted:
-                self._flush(run, report)
+                steps.append(run)
                 run = _Run()
             if op == "i":
                 run.inserted.add((ns, write.key))
             run.writes[ns].append(write)
         if run:
-            self._flush(run, report)
-        return report
+            steps.append(run)
+        for step in steps:
+            if isinstance(step, Event):
+                break  # a DDL can change the indexes the lanes of later runs depend on: those are planned after it
+            step.lanes = self._lanes_of(step)
+        return prepared
 
     def _allowed(self, event: Event) -> bool:
         """Filters name collections; a command is judged by the collection it acts on."""
@@ -209,16 +238,22 @@ class Applier:
         log.warning("--drop-existing: dropped the destination collection before its copy",
                     extra={"ns": f"{db}.{command['create']}"})
 
-    def _flush(self, run: _Run, report: ApplyReport) -> None:
+    def _lanes_of(self, run: _Run) -> list[Lane]:
         # Read once per run: the lanes of a namespace and their writes must agree on it.
         in_order = {ns: self._has_unique_index(ns) for ns in run.writes}
-        jobs = [(ns, lane, in_order[ns]) for ns, writes in run.writes.items()
-                for lane in self._split(writes, in_order[ns])]
-        if len(jobs) == 1:
-            self._write(*jobs[0], report)
+        lanes = [Lane(ns, writes, in_order[ns]) for ns, run_writes in run.writes.items()
+                 for writes in self._split(run_writes, in_order[ns])]
+        for lane in lanes:
+            plan_ahead(lane, self._collection(lane.ns).write_concern.acknowledged, self._policy)
+        return lanes
+
+    def _flush(self, run: _Run, report: ApplyReport) -> None:
+        lanes = run.lanes if run.lanes is not None else self._lanes_of(run)
+        if len(lanes) == 1:
+            self._write(lanes[0], report)
             return
-        lane_reports = [ApplyReport() for _ in jobs]
-        futures = [self._writers.submit(self._write, *job, lane_report) for job, lane_report in zip(jobs, lane_reports)]
+        lane_reports = [ApplyReport() for _ in lanes]
+        futures = [self._writers.submit(self._write, lane, lane_report) for lane, lane_report in zip(lanes, lane_reports)]
         for future in futures:
             future.exception()  # every lane finishes before any error is raised
         for future in futures:
@@ -229,19 +264,19 @@ class Applier:
     def _split(self, writes: list[Write], in_source_order: bool) -> list[list[Write]]:
         """The lanes of one namespace's writes; a document's writes stay in one lane, in order. A collection with a
         unique index besides `_id` keeps one lane: its documents' changes depend on each other."""
-        if self._lanes == 1 or len(writes) < 2 * self._lanes or in_source_order:
+        if self._lane_count == 1 or len(writes) < 2 * self._lane_count or in_source_order:
             return [writes]
-        lanes: list[list[Write]] = [[] for _ in range(self._lanes)]
+        lanes: list[list[Write]] = [[] for _ in range(self._lane_count)]
         for write in writes:
-            lanes[hash(write.key) % self._lanes].append(write)
+            lanes[hash(write.key) % self._lane_count].append(write)
         return [lane for lane in lanes if lane]
 
-    def _write(self, ns: str, writes: list[Write], in_source_order: bool, report: ApplyReport) -> None:
-        collection = self._collection(ns)
-        # Direct updates need a matched count to tell misses, which an unacknowledged write does not give.
-        direct = (direct_updates(writes, self._policy)
-                  if collection.write_concern.acknowledged and not in_source_order else [])
-        planned = plan(writes, self._read(collection, ids_to_read(writes)), self._policy)
+    def _write(self, lane: Lane, report: ApplyReport) -> None:
+        collection = self._collection(lane.ns)
+        planned = lane.planned
+        if planned is None:
+            planned = plan(lane.writes, self._read(collection, ids_to_read(lane.writes)), self._policy)
+        direct = lane.direct
         report.conflicts += planned.conflicts
         report.passed_over.update(planned.passed_over)
         for event, reason, error in planned.unapplicable:
@@ -341,34 +376,6 @@ class Applier:
 
     def _conflict(self, report: ApplyReport, conflict: Conflict) -> None:
         report.conflicts.append(conflict)
-
-
-def id_chunks(ids: list[Any]) -> list[list[Any]]:
-    """`ids` in order, cut into lists of at most FETCH_MAX_IDS values and FETCH_MAX_ID_BYTES of BSON."""
-    chunks: list[list[Any]] = [[]]
-    size = 0
-    for document_id in ids:
-        id_size = len(bson.encode({"_id": document_id}, codec_options=EVENT_CODEC_OPTIONS))
-        if chunks[-1] and (len(chunks[-1]) == FETCH_MAX_IDS or size + id_size > FETCH_MAX_ID_BYTES):
-            chunks.append([])
-            size = 0
-        chunks[-1].append(document_id)
-        size += id_size
-    return chunks if chunks[0] else []
-
-
-_INDEX_IN_MESSAGE = re.compile(r"index: (\S+) dup key")
-
-
-def duplicate_index_name(error: Mapping[str, Any]) -> str | None:
-    """The unique index a duplicate-key error names (from its message; else built from keyPattern)."""
-    match = _INDEX_IN_MESSAGE.search(str(error.get("errmsg", "")))
-    if match:
-        return match.group(1)
-    pattern = error.get("keyPattern")
-    if pattern == {"_id": 1}:
-        return "_id_"
-    return "_".join(f"{k}_{v}" for k, v in pattern.items()) if pattern else None
 
 
 def _where(event: Event) -> str:

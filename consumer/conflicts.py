@@ -4,6 +4,8 @@ is left as it is."""
 from __future__ import annotations
 
 import datetime as _dt
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,3 +58,17 @@ class ConflictRecorder:
             "kafka": {"topic": event.topic, "partition": event.partition, "offset": event.offset},
             "recorded_at": _dt.datetime.now(tz=_dt.timezone.utc),
         })
+
+
+_INDEX_IN_MESSAGE = re.compile(r"index: (\S+) dup key")
+
+
+def duplicate_index_name(error: Mapping[str, Any]) -> str | None:
+    """The unique index a duplicate-key error names (from its message; else built from keyPattern)."""
+    match = _INDEX_IN_MESSAGE.search(str(error.get("errmsg", "")))
+    if match:
+        return match.group(1)
+    pattern = error.get("keyPattern")
+    if pattern == {"_id": 1}:
+        return "_id_"
+    return "_".join(f"{k}_{v}" for k, v in pattern.items()) if pattern else None

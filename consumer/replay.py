@@ -21,7 +21,7 @@ import bson
 from bson.timestamp import Timestamp
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
-from kafkashake.consumer.applier import Applier, ApplyReport
+from kafkashake.consumer.applier import Applier, ApplyReport, Prepared
 from kafkashake.consumer.barrier import Barriers
 from kafkashake.consumer.checkpoint import ConsumerCheckpointStore, PartitionPosition
 from kafkashake.consumer.conflicts import ConflictRecorder, describe
@@ -62,13 +62,15 @@ class Batch:
 
 @dataclass
 class Pending:
-    """A batch handed to the writer, and the checkpoint to save once its write is done."""
+    """A batch's events prepared for the writer, then handed to it, and the checkpoint to save once its write is
+    done."""
 
     batch: Batch
-    written: Future[ApplyReport] | None
+    prepared: Prepared | None
     checkpoint: list[PartitionPosition]
     # Partitions with messages in the batch or events in its write (the sequencer releases events of others).
     busy: set[PartitionKey]
+    written: Future[ApplyReport] | None = None
 
 
 @dataclass
@@ -136,8 +138,13 @@ class Replay:
                     self._gate(received, batch)
         finally:
             self._metrics.messages_consumed.inc(consumed)
+        try:
+            next_write = self._prepare(batch)
+        except BaseException:
+            self.settle()  # the previous batch is written: its checkpoint is saved before stopping
+            raise
         written = self._wait_for_write()
-        self._start_apply(batch)
+        self._submit(next_write)
         if written is None:
             return
         try:
@@ -209,8 +216,19 @@ class Replay:
     def _start_apply(self, batch: Batch) -> None:
         """Hand the batch's events to the writer thread and take its checkpoint; `settle()` waits for the write and
         saves the checkpoint."""
+        self._submit(self._prepare(batch))
+
+    def _submit(self, pending: Pending) -> None:
         assert self._pending is None, "the previous batch is settled before the next one starts"
         self._gating = None
+        if pending.prepared is not None:
+            pending.written = self._writer.submit(self._write, pending.prepared)
+        self._pending = pending
+
+    def _prepare(self, batch: Batch) -> Pending:
+        """The batch's events in the order to write them, sorted out for the writer while the previous batch may
+        still be written, and the checkpoint it reaches. The batch stays the one being gated until it is handed
+        over."""
         transform = self._settings.policy.transform
         destination_ns = transform.map if transform else (lambda ns: ns)
         events = self.sequencer.take(batch.applying(), destination_ns)
@@ -220,8 +238,8 @@ class Replay:
                 self.partitions[event.where].applied_event(event.position)
         self._metrics.held_changes.set(self.sequencer.held())
         checkpoint = self._checkpoint_of(batch)
-        written = self._writer.submit(self._write, events) if events else None
-        self._pending = Pending(batch, written, checkpoint, batch.partitions() | {event.where for event in events})
+        return Pending(batch, self._applier.prepare(events) if events else None, checkpoint,
+                       batch.partitions() | {event.where for event in events})
 
     def release_held(self) -> None:
         """With nothing polled: held changes may have become due, another instance having applied up to them (with
@@ -230,9 +248,9 @@ class Replay:
             self._start_apply(Batch())
             self.settle()  # its checkpoint is what the other instances wait for
 
-    def _write(self, events: list[Event]) -> ApplyReport:
+    def _write(self, prepared: Prepared) -> ApplyReport:
         started = time.perf_counter()
-        report = self._call(lambda: self._applier.apply(events), "applying a batch")
+        report = self._call(lambda: self._applier.write(prepared), "applying a batch")
         self._metrics.bulk_write_seconds.observe(time.perf_counter() - started)
         return report
 

@@ -11,6 +11,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+import bson
 from pymongo import DeleteOne, InsertOne, ReplaceOne, UpdateOne
 
 from kafkashake.consumer.conflicts import UPDATE_MISSING, Conflict
@@ -18,7 +19,13 @@ from kafkashake.consumer.dead_letters import UNAPPLICABLE_UPDATE
 from kafkashake.consumer.decoder import Event
 from kafkashake.consumer.document_update import UpdateFormatError, apply_update, as_update_operators
 from kafkashake.consumer.settings import ReplayPolicy
+from kafkashake.schemas.codec import EVENT_CODEC_OPTIONS
 from kafkashake.schemas.partitioning import key_text
+
+# Documents for updates are read with `{_id: {$in: [...]}}`, which mongod answers with one _id index seek per value.
+# A run's ids go in as few finds as fit well under the 16 MiB command limit (a large _id can be megabytes).
+FETCH_MAX_IDS = 10_000
+FETCH_MAX_ID_BYTES = 8 * 1024 * 1024
 
 _ABSENT: Any = object()
 
@@ -46,6 +53,26 @@ class Plan:
     # (event, reason, error) for updates that cannot be applied to their document
     unapplicable: list[tuple[Event, str, str]] = field(default_factory=list)
     passed_over: Counter = field(default_factory=Counter)
+
+
+@dataclass(slots=True)
+class Lane:
+    """Writes of one namespace that go out as one ordered bulk write; `plan_ahead` plans what it can before then."""
+
+    ns: str
+    writes: list[Write]
+    in_source_order: bool
+    direct: list[Write] = field(default_factory=list)
+    planned: "Plan | None" = None
+
+
+def plan_ahead(lane: Lane, acknowledged: bool, policy: ReplayPolicy) -> None:
+    """Plan what needs no read of the destination: direct updates (not for an unacknowledged write, which gives no
+    matched count to tell a miss by, nor in source order), and the whole lane when none of its updates needs its
+    document."""
+    lane.direct = direct_updates(lane.writes, policy) if acknowledged and not lane.in_source_order else []
+    if not ids_to_read(lane.writes):
+        lane.planned = plan(lane.writes, {}, policy)
 
 
 def direct_updates(writes: list[Write], policy: ReplayPolicy) -> list[Write]:
@@ -117,3 +144,17 @@ def _plan_update(w: Write, state: dict[str, Any], policy: ReplayPolicy, result: 
         return
     state[w.key] = updated
     w.request = ReplaceOne({"_id": w.document_id}, updated, upsert=policy.upsert)
+
+
+def id_chunks(ids: list[Any]) -> list[list[Any]]:
+    """`ids` in order, cut into lists of at most FETCH_MAX_IDS values and FETCH_MAX_ID_BYTES of BSON."""
+    chunks: list[list[Any]] = [[]]
+    size = 0
+    for document_id in ids:
+        id_size = len(bson.encode({"_id": document_id}, codec_options=EVENT_CODEC_OPTIONS))
+        if chunks[-1] and (len(chunks[-1]) == FETCH_MAX_IDS or size + id_size > FETCH_MAX_ID_BYTES):
+            chunks.append([])
+            size = 0
+        chunks[-1].append(document_id)
+        size += id_size
+    return chunks if chunks[0] else []

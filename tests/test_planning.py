@@ -6,7 +6,7 @@ import bson
 from bson import Int64, Timestamp
 from pymongo import DeleteOne, InsertOne, ReplaceOne
 
-from kafkashake.consumer import applier
+from kafkashake.consumer import write_plan
 from kafkashake.consumer.conflicts import UPDATE_MISSING
 from kafkashake.consumer.dead_letters import UNAPPLICABLE_UPDATE
 from kafkashake.consumer.decoder import Event
@@ -109,13 +109,13 @@ def test_an_update_that_cannot_apply_to_its_document_is_reported_for_the_dead_le
 
 
 def test_update_reads_are_cut_by_count_and_by_size() -> None:
-    assert applier.id_chunks([]) == []
-    many = list(range(applier.FETCH_MAX_IDS * 2 + 1))
-    assert [len(chunk) for chunk in applier.id_chunks(many)] == [applier.FETCH_MAX_IDS] * 2 + [1]
+    assert write_plan.id_chunks([]) == []
+    many = list(range(write_plan.FETCH_MAX_IDS * 2 + 1))
+    assert [len(chunk) for chunk in write_plan.id_chunks(many)] == [write_plan.FETCH_MAX_IDS] * 2 + [1]
     large = ["x" * (3 * 1024 * 1024)] * 5
-    chunks = applier.id_chunks(large)
+    chunks = write_plan.id_chunks(large)
     assert [len(chunk) for chunk in chunks] == [2, 2, 1]
-    assert all(sum(len(bson.encode({"_id": i})) for i in chunk) <= applier.FETCH_MAX_ID_BYTES for chunk in chunks)
+    assert all(sum(len(bson.encode({"_id": i})) for i in chunk) <= write_plan.FETCH_MAX_ID_BYTES for chunk in chunks)
 
 
 # ------------------------------------------------------------------------------------------ copy overlap
