@@ -2,9 +2,10 @@
 events (the sequencer keeping collections with unique indexes in source order), checkpoint in the destination and
 commit offsets.
 
-One batch is written at a time, in a writer thread, while the main thread polls, decodes and gates the next. A
-batch's checkpoint is taken when its write starts, so it never holds what later batches passed, and is saved once
-the write is done, while the next batch is written. A partition with messages in a later batch, being gated or
+One batch is written at a time, in a writer thread, while the main thread polls, decodes and gates the next and
+prepares its write (the sequencer's order, the runs and lanes, the requests that need no read of the destination),
+so that between two writes only the hand-over is left. A batch's checkpoint is taken when it is prepared, so it
+never holds what later batches passed, and is saved once its write is done, while the next batch is written. A partition with messages in a later batch, being gated or
 written, counts as busy for the DDL barrier: its arrival is recorded only after that batch too is written and
 checkpointed."""
 from __future__ import annotations
@@ -141,7 +142,11 @@ class Replay:
         try:
             next_write = self._prepare(batch)
         except BaseException:
-            self.settle()  # the previous batch is written: its checkpoint is saved before stopping
+            # The previous batch's checkpoint is saved, but no DDL arrival is recorded: events the sequencer released
+            # into the write that now never starts have left it, so their partitions would not count as busy.
+            written = self._wait_for_write()
+            if written is not None:
+                self._save(written.checkpoint)
             raise
         written = self._wait_for_write()
         self._submit(next_write)
@@ -214,8 +219,8 @@ class Replay:
     # ---------------------------------------------------------------------------------------------- applying
 
     def _start_apply(self, batch: Batch) -> None:
-        """Hand the batch's events to the writer thread and take its checkpoint; `settle()` waits for the write and
-        saves the checkpoint."""
+        """Prepare the batch's write and hand it to the writer thread; `settle()` waits for the write and saves the
+        checkpoint."""
         self._submit(self._prepare(batch))
 
     def _submit(self, pending: Pending) -> None:

@@ -235,7 +235,9 @@ class ConsumerRun:
             raise FatalError(self.kafka_health.fatal)
         self._follow_controls()
         self._resume(self.replay.gates.delay.release_due())
-        self._resume(self.replay.barriers.released())
+        if released := self.replay.barriers.released():
+            self._unique_indexes.forget()  # a DDL applied (maybe by another instance) may change which are ordered
+        self._resume(released)
         self._resume(self.replay.sequencer.to_resume())
         for topic, partition in self.replay.sequencer.to_pause():
             self.consumer.pause([TopicPartition(topic, partition)])
