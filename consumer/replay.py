@@ -5,9 +5,9 @@ commit offsets.
 One batch is written at a time, in a writer thread, while the main thread polls, decodes and gates the next and
 prepares its write (the sequencer's order, the runs and lanes, the requests that need no read of the destination),
 so that between two writes only the hand-over is left. A batch's checkpoint is taken when it is prepared, so it
-never holds what later batches passed, and is saved once its write is done, while the next batch is written. A partition with messages in a later batch, being gated or
-written, counts as busy for the DDL barrier: its arrival is recorded only after that batch too is written and
-checkpointed."""
+never holds what later batches passed, and is saved once its write is done, while the next batch is written. A
+partition with messages in a later batch, being gated or written, counts as busy for the DDL barrier: its arrival
+is recorded only after that batch too is written and checkpointed."""
 from __future__ import annotations
 
 import logging
