@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import bson
 from bson import Int64, Timestamp
-from pymongo import DeleteOne, InsertOne, ReplaceOne
+from pymongo import DeleteOne, InsertOne, MongoClient, ReplaceOne, UpdateOne
 
 from kafkashake.consumer import write_plan
+from kafkashake.consumer.applier import Applier
 from kafkashake.consumer.conflicts import UPDATE_MISSING
 from kafkashake.consumer.dead_letters import UNAPPLICABLE_UPDATE
 from kafkashake.consumer.decoder import Event
@@ -106,6 +107,29 @@ def test_an_update_that_cannot_apply_to_its_document_is_reported_for_the_dead_le
     result = plan(_writes(bad), {key_text(1): {"_id": 1, "a": "not an array"}}, ReplayPolicy())
     assert not result.writes
     assert [(event.offset, reason) for event, reason, _ in result.unapplicable] == [(1, UNAPPLICABLE_UPDATE)]
+
+
+def test_a_batch_is_planned_ahead_up_to_its_first_ddl_without_reading_the_destination() -> None:
+    """What `Applier.prepare` does while the previous batch is written: lanes, and every request that needs no read
+    of a document; what needs one, and every run after a DDL (which may change the indexes), waits for the write."""
+    never_contacted = MongoClient("mongodb://127.0.0.1:9", connect=False)
+    looked_up: list[str] = []
+    applier = Applier(never_contacted, frozenset(), ReplayPolicy(ddl=True),
+                      has_unique_index=lambda ns: looked_up.append(ns) is None and False, lanes=2)
+    inserts = [_event("i", n, n) for n in range(8)]
+    direct = [_event("u", n, 10 + n) for n in range(4)]
+    needs_read = _event("u", 100, 20, {"$v": 2, "diff": {"sub": {"i": {"x": 1}}}})
+    ddl = Event({"op": "c", "ns": "db.$cmd", "ts": Timestamp(100, 30), "o": {"drop": "c"}}, "t", 0, 30)
+    after = [_event("i", n, 40 + n) for n in range(200, 204)]
+    first, updates, command, last = applier.prepare(inserts + direct + [needs_read, ddl] + after).steps
+    assert all(lane.planned is not None for lane in first.lanes)
+    assert sorted(type(w.request).__name__ for lane in first.lanes for w in lane.writes) == ["InsertOne"] * 8
+    for lane in updates.lanes:
+        reads = [w.document_id for w in lane.writes if w.request is None]
+        assert reads == ([100] if needs_read in [w.event for w in lane.writes] else [])
+        assert (lane.planned is None) == bool(reads)
+    assert sum(isinstance(w.request, UpdateOne) for lane in updates.lanes for w in lane.writes) == 4
+    assert command is ddl and last.lanes is None and looked_up == ["db.c", "db.c"]
 
 
 def test_update_reads_are_cut_by_count_and_by_size() -> None:
