@@ -7,6 +7,7 @@ before the first event are not counted."""
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import shutil
 import subprocess
@@ -15,6 +16,7 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -33,18 +35,32 @@ SCRAPE_S = 0.05
 GROUP_OPTIONS = ["-X", "session.timeout.ms=6000", "-X", "heartbeat.interval.ms=500"]
 
 
+@dataclass(frozen=True)
+class RunningBroker:
+    bootstrap: str
+    pid: int
+
+
 @contextlib.contextmanager
-def broker(kind: str, stack: embedded.EmbeddedStack) -> Iterator[str]:
-    """The bootstrap address of a fresh broker of this kind, stopped afterwards."""
+def running_broker(kind: str, stack: embedded.EmbeddedStack) -> Iterator[RunningBroker]:
+    """A fresh broker of this kind, stopped afterwards."""
     if kind == "tansu":
         service = stack.start_kafka(f"tansu-{uuid.uuid4().hex[:6]}")
         try:
-            yield embedded.brokers(service)
+            yield RunningBroker(embedded.brokers(service), service.process.pid)
         finally:
             service.stop()
         return
     with apache_kafka.KafkaBroker(stack.workdir / f"kafka-{uuid.uuid4().hex[:6]}") as kafka:
-        yield kafka.bootstrap
+        assert kafka.process is not None
+        yield RunningBroker(kafka.bootstrap, kafka.process.pid)
+
+
+@contextlib.contextmanager
+def broker(kind: str, stack: embedded.EmbeddedStack) -> Iterator[str]:
+    """The bootstrap address of a fresh broker of this kind, stopped afterwards."""
+    with running_broker(kind, stack) as running:
+        yield running.bootstrap
 
 
 @contextlib.contextmanager
@@ -105,19 +121,53 @@ class Process:
         return self.popen.wait(60)
 
 
-def rate_through(process: Process, metric: str, expected: int, timeout_s: float = 600) -> float:
-    """Items per second from the first item the metric counts to the `expected`-th."""
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU a live process has used so far (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class CpuMeter:
+    """The CPU each named process used between `start()` and `stop()`: where the two cores went."""
+
+    pids: dict[str, int]
+    used_s: dict[str, float] = field(default_factory=dict)
+    items: int = 0
+    _started: dict[str, float] = field(default_factory=dict)
+
+    def start(self) -> None:
+        self._started = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+
+    def stop(self, items: int) -> None:
+        """`items`: how many the processes handled in between."""
+        if self._started and items:
+            self.used_s = {name: cpu_seconds(pid) - self._started[name] for name, pid in self.pids.items()}
+            self.items = items
+
+    def per_item_us(self) -> dict[str, float]:
+        return {name: round(seconds / self.items * 1e6, 1) for name, seconds in self.used_s.items()}
+
+
+def rate_through(process: Process, metric: str, expected: int, timeout_s: float = 600,
+                 meter: CpuMeter | None = None) -> float:
+    """Items per second from the first item the metric counts to the `expected`-th; `meter` measures the CPU of
+    processes over the same span."""
     deadline = time.monotonic() + timeout_s
     first_at = first_count = None
     while (done := process.metric(metric)) < expected:
         if done and first_at is None:
             first_at, first_count = time.perf_counter(), done
+            if meter is not None:
+                meter.start()
         if process.popen.poll() is not None:
             raise RuntimeError(f"the process stopped after {done:.0f} of {expected}:\n{process.log()[-3000:]}")
         if time.monotonic() > deadline:
             raise RuntimeError(f"only {done:.0f} of {expected} after {timeout_s:.0f} s:\n{process.log()[-3000:]}")
         time.sleep(SCRAPE_S)
     finished_at = time.perf_counter()
+    if meter is not None and first_count is not None:
+        meter.stop(expected - int(first_count))
     if first_at is None:  # everything landed between two looks: the two looks bound it
         return expected / SCRAPE_S
     return (expected - first_count) / (finished_at - first_at)

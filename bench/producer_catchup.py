@@ -12,6 +12,9 @@ write waited 2.4 s, the rest of a 100k-entry read), which a mongod does not. The
 the source, is measured too (`bson, checkpoint on source`), informational. One unmeasured pass warms the broker up
 first, as a broker that has run for a while is (a fresh JVM spent half a core more compiling during the first pass).
 
+Each run of ours also records the CPU per entry that the source server, the broker and the producer used from the
+first entry published to the last (`cpu_us_per_entry`, medians): on two cores their sum bounds the rate.
+
 Ratio = ours / the fastest baseline. Goals: bson ≥ 0.8, json and raw ≥ 0.7.
 Usage: python bench/producer_catchup.py [--entries 100000] [--rounds 3] [--brokers kafka,tansu]
 Writes bench/results/producer_catchup_<broker>.json; flags ratios >10 % below the previous run's."""
@@ -30,7 +33,7 @@ from pymongo import CursorType, MongoClient, UpdateOne
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.harness import BROKER_NAMES, Process, broker, medians, rate_through  # noqa: E402
+from bench.harness import BROKER_NAMES, CpuMeter, Process, medians, rate_through, running_broker  # noqa: E402
 from bench.report import report  # noqa: E402
 from kafkashake.demo import embedded  # noqa: E402
 from kafkashake.oplog import position  # noqa: E402
@@ -79,23 +82,31 @@ def bare_reads(client: MongoClient, after, expected: int) -> dict[str, float]:
     return rates
 
 
-def ours(stack, uri: str, brokers: str, message_format: str, after, expected: int, checkpoint_uri: str) -> float:
+def ours(stack, uri: str, brokers: str, message_format: str, after, expected: int, checkpoint_uri: str,
+         cpu: dict[str, list[float]], watched: dict[str, int]) -> float:
+    """The producer's rate; appends the CPU per entry of it and of the `watched` processes to `cpu`."""
     process = Process(stack, "producer", "run", "--source-uri", uri, "--brokers", brokers,
                       "--topic", f"catchup-{uuid.uuid4().hex[:6]}", "--name", f"bench-{uuid.uuid4().hex[:6]}",
                       "--format", message_format, "--start-position", position.text(after),
                       "--checkpoint-uri", checkpoint_uri, "--checkpoint-db", "kafkashake_bench")
+    meter = CpuMeter({**watched, "producer": process.popen.pid})
     try:
-        return rate_through(process, "kafkashake_producer_events_published", expected)
+        rate = rate_through(process, "kafkashake_producer_events_published", expected, meter=meter)
     finally:
         process.stop()
+    for name, us in meter.per_item_us().items():
+        cpu.setdefault(name, []).append(us)
+    return rate
 
 
-def run_on(kind: str, stack, uri: str, client: MongoClient, after, expected: int, rounds: int,
+def run_on(kind: str, stack, uri: str, source_pid: int, client: MongoClient, after, expected: int, rounds: int,
            checkpoint_uri: str) -> int:
     samples: dict[str, list[float]] = {"baseline": [], **{f: [] for f in FORMATS}, ON_SOURCE: []}
+    cpu: dict[str, dict[str, list[float]]] = {name: {} for name in samples if name != "baseline"}
     variants: dict[str, list[float]] = {}
-    with broker(kind, stack) as brokers:
-        ours(stack, uri, brokers, "bson", after, expected, checkpoint_uri)
+    with running_broker(kind, stack) as running:
+        brokers, watched = running.bootstrap, {"source": source_pid, "broker": running.pid}
+        ours(stack, uri, brokers, "bson", after, expected, checkpoint_uri, {}, watched)
         for _ in range(rounds):
             reads = bare_reads(client, after, expected)
             for name, rate in reads.items():
@@ -103,15 +114,18 @@ def run_on(kind: str, stack, uri: str, client: MongoClient, after, expected: int
             samples["baseline"].append(max(reads.values()))
             for message_format in FORMATS:
                 samples[message_format].append(ours(stack, uri, brokers, message_format, after, expected,
-                                                    checkpoint_uri))
-            samples[ON_SOURCE].append(ours(stack, uri, brokers, "bson", after, expected, uri))
+                                                    checkpoint_uri, cpu[message_format], watched))
+            samples[ON_SOURCE].append(ours(stack, uri, brokers, "bson", after, expected, uri, cpu[ON_SOURCE], watched))
     rates = medians(samples)
     tried = {name: round(rate) for name, rate in medians(variants).items()}
+    cpu_medians = {series: medians(per_process) for series, per_process in cpu.items()}
     print(f"{BROKER_NAMES[kind]}: baseline = fastest of {tried}")
+    print(f"CPU per entry, µs (medians): {cpu_medians}")
     return report(RESULTS / f"producer_catchup_{kind}.json", rates.pop("baseline"), rates, "entries",
                   {"broker": BROKER_NAMES[kind], "entries": expected, "rounds": rounds,
                    "baseline": "fastest bare raw-BSON oplog read per round", "baselines_tried": tried,
-                   "checkpoint": "on a server of its own; 'bson, checkpoint on source' on the source"},
+                   "checkpoint": "on a server of its own; 'bson, checkpoint on source' on the source",
+                   "cpu_us_per_entry": cpu_medians},
                   informational=[ON_SOURCE])
 
 
@@ -130,7 +144,8 @@ def main() -> int:
         seed(client, args.entries)
         checkpoint_uri = embedded.mongo_uri(stack.start_mongo("catchup-checkpoints"))
         for kind in args.brokers.split(","):
-            status |= run_on(kind, stack, uri, client, after, args.entries, args.rounds, checkpoint_uri)
+            status |= run_on(kind, stack, uri, source.process.pid, client, after, args.entries, args.rounds,
+                             checkpoint_uri)
     return status
 
 
