@@ -8,6 +8,8 @@ Baselines, the fastest in each round of:
 - behind the proxy: batches of 1,000 from 1, 4 and 8 threads writing disjoint batches at once, and of 2,000 from
   4 threads, as a tuned client of a distant server would.
 Ours: the consumer process, timed through its /metrics from the first event applied to the last.
+Each records the CPU per event of the destination server (and for ours, of the broker and the consumer) over
+the same span (`cpu_us_per_event`, medians): the destination's CPU per event times the rate is how busy it was.
 Each baseline way and ours start on a fresh, empty destination server (bench/harness.py fresh_mongo): the test
 server slows as its history grows, which favoured whatever ran first.
 
@@ -31,7 +33,8 @@ from pymongo import InsertOne, MongoClient, UpdateOne
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.harness import BROKER_NAMES, GROUP_OPTIONS, Process, broker, fresh_mongo, medians, rate_through  # noqa: E402
+from bench.harness import (BROKER_NAMES, GROUP_OPTIONS, CpuMeter, Process, fresh_mongo, medians, rate_through,  # noqa: E402
+                           running_broker)
 from bench.report import report  # noqa: E402
 from kafkashake.demo import embedded  # noqa: E402
 from kafkashake.runtime.kafka_topics import TopicDirectory  # noqa: E402
@@ -85,67 +88,85 @@ def bare(collection, requests: list, batch_size: int, threads: int) -> float:
 
 
 def fastest_bare(stack, docs: list[dict], ways: tuple[tuple[int, int], ...], latency_ms: float,
-                 tried: dict) -> tuple[float, float]:
-    """The fastest bare insert and update rates over (batch size, threads) ways; every way on a fresh server."""
+                 tried: dict, cpu: dict[str, dict[str, list[float]]]) -> tuple[float, float]:
+    """The fastest bare insert and update rates over (batch size, threads) ways, every way on a fresh server; the
+    destination's CPU per write of the fastest of each goes to `cpu`."""
     inserts, updates = [], []
     for size, count in ways:
-        with fresh_mongo(stack, "bare", latency_ms) as uri:
-            collection = MongoClient(uri)["bare"]["items"]
-            inserts.append((bare(collection, [InsertOne(d) for d in docs], size, count), f"insert {size}x{count}"))
-            ops = [UpdateOne({"_id": d["_id"]}, {"$set": {"n": -d["n"], "name": "renamed"}}) for d in docs]
-            updates.append((bare(collection, ops, size, count), f"update {size}x{count}"))
+        with fresh_mongo(stack, "bare", latency_ms) as server:
+            collection = MongoClient(server.uri)["bare"]["items"]
+            for requests, results, name in (
+                    ([InsertOne(d) for d in docs], inserts, "insert"),
+                    ([UpdateOne({"_id": d["_id"]}, {"$set": {"n": -d["n"], "name": "renamed"}}) for d in docs],
+                     updates, "update")):
+                meter = CpuMeter({"destination": server.pid})
+                meter.start()
+                rate = bare(collection, requests, size, count)
+                meter.stop(len(requests))
+                results.append((rate, f"{name} {size}x{count}", meter.per_item_us()))
             collection.database.client.close()
-    for rate, name in inserts + updates:
+    for rate, name, _ in inserts + updates:
         tried.setdefault(name, []).append(rate)
+    for series, results in (("insert_baseline", inserts), ("update_baseline", updates)):
+        for process, us in max(results)[2].items():
+            cpu[series].setdefault(process, []).append(us)
     return max(inserts)[0], max(updates)[0]
 
 
-def ours(stack, uri: str, brokers: str, topic: str, expected: int) -> float:
-    process = Process(stack, "consumer", "run", "--dest-uri", uri, "--brokers", brokers, "--topic", topic,
+def ours(stack, server, brokers: str, topic: str, expected: int, broker_pid: int, cpu: dict[str, list[float]]) -> float:
+    process = Process(stack, "consumer", "run", "--dest-uri", server.uri, "--brokers", brokers, "--topic", topic,
                       "--group", f"bench-{uuid.uuid4().hex[:6]}", *GROUP_OPTIONS)
+    meter = CpuMeter({"destination": server.pid, "broker": broker_pid, "consumer": process.popen.pid})
     try:
-        return rate_through(process, "kafkashake_consumer_events_applied", expected)
+        rate = rate_through(process, "kafkashake_consumer_events_applied", expected, meter=meter)
     finally:
         process.stop()
+    for name, us in meter.per_item_us().items():
+        cpu.setdefault(name, []).append(us)
+    return rate
 
 
-def one_round(stack, brokers: str, docs: list[dict], ways: tuple[tuple[int, int], ...], latency_ms: float,
-              tried: dict, samples: dict[str, list[float]]) -> None:
+def one_round(stack, running, docs: list[dict], ways: tuple[tuple[int, int], ...], latency_ms: float,
+              tried: dict, samples: dict[str, list[float]], cpu: dict[str, dict[str, list[float]]]) -> None:
     """The baselines, then ours, each on a fresh destination: inserts, then updates of the documents inserted."""
-    insert_base, update_base = fastest_bare(stack, docs, ways, latency_ms, tried)
+    insert_base, update_base = fastest_bare(stack, docs, ways, latency_ms, tried, cpu)
     samples["insert_baseline"].append(insert_base)
     samples["update_baseline"].append(update_base)
     ns = "ours.items"
-    with fresh_mongo(stack, "ours", latency_ms) as uri:
+    with fresh_mongo(stack, "ours", latency_ms) as server:
         for kind in ("insert", "update"):
             topic = f"{kind}s-{uuid.uuid4().hex[:6]}"
-            publish(brokers, topic, ns, events(kind, ns, docs))
-            samples[kind].append(ours(stack, uri, brokers, topic, len(docs)))
-        with MongoClient(uri) as client:
+            publish(running.bootstrap, topic, ns, events(kind, ns, docs))
+            samples[kind].append(ours(stack, server, running.bootstrap, topic, len(docs), running.pid, cpu[kind]))
+        with MongoClient(server.uri) as client:
             applied = client["ours"]["items"].count_documents({"name": "renamed"})
         assert applied == len(docs), f"{applied} of {len(docs)} updates applied{' (proxied)' if latency_ms else ''}"
 
 
 def run_on(kind: str, stack, docs: list[dict], rounds: int, latency_ms: float) -> int:
     status = 0
-    with broker(kind, stack) as brokers:
+    with running_broker(kind, stack) as running:
         for proxied in (False, True):
-            samples: dict[str, list[float]] = {name: [] for name in ("insert_baseline", "insert", "update_baseline",
-                                                                     "update")}
+            series = ("insert_baseline", "insert", "update_baseline", "update")
+            samples: dict[str, list[float]] = {name: [] for name in series}
+            cpu: dict[str, dict[str, list[float]]] = {name: {} for name in series}
             tried: dict[str, list[float]] = {}
             for _ in range(rounds):
-                one_round(stack, brokers, docs, DISTANT_WAYS if proxied else DIRECT_WAYS,
-                          latency_ms if proxied else 0.0, tried, samples)
+                one_round(stack, running, docs, DISTANT_WAYS if proxied else DIRECT_WAYS,
+                          latency_ms if proxied else 0.0, tried, samples, cpu)
             rates = medians(samples)
+            cpu_medians = {name: medians(per_process) for name, per_process in cpu.items()}
             where = f"behind {2 * latency_ms:g} ms round trip" if proxied else "direct"
             name = f"consumer_catchup_{kind}{'_latency' if proxied else ''}.json"
             details = {"broker": BROKER_NAMES[kind], "destination": where, "events": len(docs), "rounds": rounds,
                        "baselines_tried": {k: round(v) for k, v in medians(tried).items()}}
-            print(f"{BROKER_NAMES[kind]}, destination {where}")
-            status |= report(RESULTS / name.replace(".json", "_inserts.json"), rates["insert_baseline"],
-                             {"insert": rates["insert"]}, "events", {**details, "baseline": "fastest bare insert"})
-            status |= report(RESULTS / name.replace(".json", "_updates.json"), rates["update_baseline"],
-                             {"update": rates["update"]}, "events", {**details, "baseline": "fastest bare update"})
+            print(f"{BROKER_NAMES[kind]}, destination {where}; CPU per event, µs (medians): {cpu_medians}")
+            for op in ("insert", "update"):
+                status |= report(RESULTS / name.replace(".json", f"_{op}s.json"), rates[f"{op}_baseline"],
+                                 {op: rates[op]}, "events",
+                                 {**details, "baseline": f"fastest bare {op}",
+                                  "cpu_us_per_event": {"baseline": cpu_medians[f"{op}_baseline"],
+                                                       "ours": cpu_medians[op]}})
     return status
 
 

@@ -63,20 +63,26 @@ def broker(kind: str, stack: embedded.EmbeddedStack) -> Iterator[str]:
         yield running.bootstrap
 
 
+@dataclass(frozen=True)
+class FreshMongo:
+    uri: str
+    pid: int  # the server's, not the proxy's
+
+
 @contextlib.contextmanager
-def fresh_mongo(stack: embedded.EmbeddedStack, name: str, latency_ms: float = 0.0) -> Iterator[str]:
-    """The connection string of a new, empty server for one measurement (through a latency proxy if asked),
-    removed afterwards. The test server slows as its history grows, even when every collection is dropped (60,000
-    inserts cost it 130, 150, 172 then 210 µs each, run after run), so measurements that follow one another on one
-    server favour whichever runs first; each starts on an empty one instead."""
+def fresh_mongo(stack: embedded.EmbeddedStack, name: str, latency_ms: float = 0.0) -> Iterator[FreshMongo]:
+    """A new, empty server for one measurement (reached through a latency proxy if asked), removed afterwards. The
+    test server slows as its history grows, even when every collection is dropped (60,000 inserts cost it 130,
+    150, 172 then 210 µs each, run after run), so measurements that follow one another on one server favour
+    whichever runs first; each starts on an empty one instead."""
     service = stack.start_mongo(f"{name}-{uuid.uuid4().hex[:6]}")
     try:
         uri = embedded.mongo_uri(service)
         if latency_ms:
             with LatencyProxy(mongo_address(uri), latency_ms) as proxy:
-                yield through(uri, proxy)
+                yield FreshMongo(through(uri, proxy), service.process.pid)
         else:
-            yield uri
+            yield FreshMongo(uri, service.process.pid)
     finally:
         service.stop()
         stack.services.remove(service)
