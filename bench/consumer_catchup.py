@@ -8,8 +8,8 @@ Baselines, the fastest in each round of:
 - behind the proxy: batches of 1,000 from 1, 4 and 8 threads writing disjoint batches at once, and of 2,000 from
   4 threads, as a tuned client of a distant server would.
 Ours: the consumer process, timed through its /metrics from the first event applied to the last.
-Each records the CPU per event of the destination server (and for ours, of the broker and the consumer) over
-the same span (`cpu_us_per_event`, medians): the destination's CPU per event times the rate is how busy it was.
+Each records the CPU per event of the destination server (and for ours, of the broker and the consumer, from the
+moment the consumer's /metrics is up to its last event applied) in `cpu_us_per_event` (medians).
 Each baseline way and ours start on a fresh, empty destination server (bench/harness.py fresh_mongo): the test
 server slows as its history grows, which favoured whatever ran first.
 
@@ -103,14 +103,14 @@ def fastest_bare(stack, docs: list[dict], ways: tuple[tuple[int, int], ...], lat
                 meter.start()
                 rate = bare(collection, requests, size, count)
                 meter.stop(len(requests))
-                results.append((rate, f"{name} {size}x{count}", meter.per_item_us()))
+                results.append((rate, f"{name} {size}x{count}", meter))
             collection.database.client.close()
     for rate, name, _ in inserts + updates:
         tried.setdefault(name, []).append(rate)
-    for series, results in (("insert_baseline", inserts), ("update_baseline", updates)):
-        for process, us in max(results)[2].items():
-            cpu[series].setdefault(process, []).append(us)
-    return max(inserts)[0], max(updates)[0]
+    fastest_insert, fastest_update = (max(results, key=lambda result: result[0]) for results in (inserts, updates))
+    fastest_insert[2].add_to(cpu["insert_baseline"])
+    fastest_update[2].add_to(cpu["update_baseline"])
+    return fastest_insert[0], fastest_update[0]
 
 
 def ours(stack, server, brokers: str, topic: str, expected: int, broker_pid: int, cpu: dict[str, list[float]]) -> float:
@@ -118,11 +118,12 @@ def ours(stack, server, brokers: str, topic: str, expected: int, broker_pid: int
                       "--group", f"bench-{uuid.uuid4().hex[:6]}", *GROUP_OPTIONS)
     meter = CpuMeter({"destination": server.pid, "broker": broker_pid, "consumer": process.popen.pid})
     try:
+        process.metrics_url()  # started up: its imports and set-up are not counted
+        meter.start()
         rate = rate_through(process, "kafkashake_consumer_events_applied", expected, meter=meter)
     finally:
         process.stop()
-    for name, us in meter.per_item_us().items():
-        cpu.setdefault(name, []).append(us)
+    meter.add_to(cpu)
     return rate
 
 

@@ -147,33 +147,37 @@ class CpuMeter:
 
     def stop(self, items: int) -> None:
         """`items`: how many the processes handled in between."""
-        if self._started and items:
+        if items:
             self.used_s = {name: cpu_seconds(pid) - self._started[name] for name, pid in self.pids.items()}
             self.items = items
 
     def per_item_us(self) -> dict[str, float]:
         return {name: round(seconds / self.items * 1e6, 1) for name, seconds in self.used_s.items()}
 
+    def add_to(self, samples: dict[str, list[float]]) -> None:
+        """Append each process's CPU per item to its samples."""
+        for name, us in self.per_item_us().items():
+            samples.setdefault(name, []).append(us)
+
 
 def rate_through(process: Process, metric: str, expected: int, timeout_s: float = 600,
                  meter: CpuMeter | None = None) -> float:
-    """Items per second from the first item the metric counts to the `expected`-th; `meter` measures the CPU of
-    processes over the same span."""
+    """Items per second from the first item the metric counts to the `expected`-th; `meter`, started by the
+    caller, is stopped at the `expected`-th: the work before the first item (a producer's reads ahead, a
+    consumer's fetches) counts too."""
     deadline = time.monotonic() + timeout_s
     first_at = first_count = None
     while (done := process.metric(metric)) < expected:
         if done and first_at is None:
             first_at, first_count = time.perf_counter(), done
-            if meter is not None:
-                meter.start()
         if process.popen.poll() is not None:
             raise RuntimeError(f"the process stopped after {done:.0f} of {expected}:\n{process.log()[-3000:]}")
         if time.monotonic() > deadline:
             raise RuntimeError(f"only {done:.0f} of {expected} after {timeout_s:.0f} s:\n{process.log()[-3000:]}")
         time.sleep(SCRAPE_S)
     finished_at = time.perf_counter()
-    if meter is not None and first_count is not None:
-        meter.stop(expected - int(first_count))
+    if meter is not None:
+        meter.stop(expected)
     if first_at is None:  # everything landed between two looks: the two looks bound it
         return expected / SCRAPE_S
     return (expected - first_count) / (finished_at - first_at)
