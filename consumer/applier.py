@@ -148,6 +148,8 @@ class Applier:
         """Write a prepared batch. Tried again (after a transient error) it is prepared afresh, as a write's plan
         and its retries of refused writes depend on the destination of the attempt."""
         if prepared.written_before:
+            for event in prepared.events:
+                event.replayed = True  # the attempt that failed may have applied any of them
             prepared = self.prepare(prepared.events)
         prepared.written_before = True
         report = ApplyReport()
@@ -195,7 +197,7 @@ class Applier:
             if op == "u" and (ns, write.key) in run.inserted:
                 steps.append(run)
                 run = _Run()
-            if op == "i":
+            if op == "i" and not (event.converge or event.replayed):  # else it replaces: its outcome is known
                 run.inserted.add((ns, write.key))
             run.writes[ns].append(write)
         if run:
@@ -275,7 +277,8 @@ class Applier:
         collection = self._collection(lane.ns)
         planned = lane.planned
         if planned is None:
-            planned = plan(lane.writes, self._read(collection, ids_to_read(lane.writes)), self._policy)
+            planned = plan(lane.writes, self._read(collection, ids_to_read(lane.writes)), self._policy,
+                           lane.in_source_order)
         direct = lane.direct
         report.conflicts += planned.conflicts
         report.passed_over.update(planned.passed_over)
@@ -341,7 +344,8 @@ class Applier:
     @staticmethod
     def _written(report: ApplyReport, writes: list[Write]) -> None:
         for w in writes:
-            report.applied[w.event.op] += 1
+            for event in (*w.along, w.event):
+                report.applied[event.op] += 1
 
     def _duplicate(self, collection, write: Write, error: dict, rest: list[Write],  # type: ignore[no-untyped-def]
                    report: ApplyReport) -> list[Write]:
@@ -351,6 +355,8 @@ class Applier:
         same_time = [i for i, later in enumerate(rest) if later.event.fields.get("ts") == ts]
         if write.replaces_on_duplicate and index_name == "_id_":
             self._replace_existing(collection, write, report)
+        elif write.collapsed and index_name != "_id_" and self._make_way(collection, error, rest):
+            return [write] + rest
         elif index_name != "_id_" and same_time and not write.tried_again:
             write.tried_again = True
             # after the others of its source time; its document's own later changes among them go with it
@@ -361,6 +367,18 @@ class Applier:
             self._conflict(report, Conflict(DUPLICATE_KEY, write.event, error.get("code"), error.get("errmsg", ""),
                                             index_name))
         return rest
+
+    @staticmethod
+    def _make_way(collection, error: dict, rest: list[Write]) -> bool:  # type: ignore[no-untyped-def]
+        """A final state refused for a unique value that a document holds whose own final state is still to be
+        written: that document is deleted now (its write re-creates it) and the refused write tried again."""
+        value = error.get("keyValue")
+        pending = {w.key for w in rest if w.collapsed}
+        holder = collection.find_one(value, {"_id": 1}) if value and pending else None
+        if holder is None or key_text(holder["_id"]) not in pending:
+            return False
+        collection.delete_one({"_id": holder["_id"]})
+        return True
 
     def _replace_existing(self, collection, write: Write, report: ApplyReport) -> None:  # type: ignore[no-untyped-def]
         """insert_on_dup_update: the inserted document replaces the existing one whole (MongoShake merged with

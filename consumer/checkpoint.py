@@ -4,7 +4,7 @@ producer's watermark reached, and the id of the topic the offsets belong to.
 Written after each applied batch and before the Kafka offset commit, so a crash in between loses nothing:
 on assignment the consumer resumes from whichever of the two is further, if both were saved for the topic it
 now reads (a topic deleted and re-created under the same name starts over). Other instances of the group read each
-other's watermarks here."""
+other's watermarks here. Before each write, a write-ahead mark records how far it may apply each partition."""
 from __future__ import annotations
 
 import datetime as _dt
@@ -33,6 +33,21 @@ class PartitionPosition:
     applied_through: tuple[int, int] | None = None
     # Every event at or before it (offset, index) is applied: a restart skips them instead of applying them again.
     done_through: tuple[int, int] | None = None
+    # Saved before a write starts (`WriteAhead`): every event up to it may be applied, though the checkpoint may not
+    # say so yet.
+    writing_through: tuple[int, int] | None = None
+
+
+@dataclass(frozen=True)
+class WriteAhead:
+    """How far a partition's events may be applied once the write about to start has run. A checkpoint that does
+    not exist yet is created at `resume_offset`, the last message before this consumer's first of the partition."""
+
+    topic: str
+    partition: int
+    through: tuple[int, int]
+    resume_offset: int
+    topic_id: str | None
 
 
 class ConsumerCheckpointStore:
@@ -45,12 +60,13 @@ class ConsumerCheckpointStore:
 
     @staticmethod
     def _position(document: dict) -> PartitionPosition:
-        applied, done = document.get("applied_through"), document.get("done_through")
+        applied, done = (_event_position(document.get(name)) for name in ("applied_through", "done_through"))
+        # A mark saved for an earlier topic of the same name (deleted and re-created) says nothing about this one.
+        mark = document.get("writing_through") or {}
+        writing = _event_position(mark.get("through")) if mark.get("topic_id") == document.get("topic_id") else None
         return PartitionPosition(document["topic"], int(document["partition"]), int(document["offset"]),
                                  document.get("ts"), document.get("snapshot_until"), document.get("watermark"),
-                                 document.get("in_sync_as_of"), document.get("topic_id"),
-                                 (int(applied[0]), int(applied[1])) if applied else None,
-                                 (int(done[0]), int(done[1])) if done else None)
+                                 document.get("in_sync_as_of"), document.get("topic_id"), applied, done, writing)
 
     def load(self, topic: str, partition: int) -> PartitionPosition | None:
         document = self._collection.find_one({"_id": self._key(topic, partition)})
@@ -82,5 +98,28 @@ class ConsumerCheckpointStore:
             ordered=False,
         )
 
+    def mark_writing(self, marks: list[WriteAhead]) -> None:
+        """Saved before the write starts: read again after a crash, those events are applied convergently instead
+        of as new changes (an insert over the document it wrote, an update of a document a later change deleted)."""
+        if not marks:
+            return
+        self._collection.bulk_write(
+            [
+                UpdateOne(
+                    {"_id": self._key(m.topic, m.partition)},
+                    {"$set": {"writing_through": {"through": list(m.through), "topic_id": m.topic_id}},
+                     "$setOnInsert": {"group": self._group, "topic": m.topic, "partition": m.partition,
+                                      "offset": m.resume_offset, "topic_id": m.topic_id}},
+                    upsert=True,
+                )
+                for m in marks
+            ],
+            ordered=False,
+        )
+
     def forget(self, topic: str, partition: int) -> None:
         self._collection.delete_one({"_id": self._key(topic, partition)})
+
+
+def _event_position(saved: list | None) -> tuple[int, int] | None:  # type: ignore[type-arg]
+    return (int(saved[0]), int(saved[1])) if saved else None

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 
 from bson.timestamp import Timestamp
 
-from kafkashake.consumer.checkpoint import PartitionPosition
+from kafkashake.consumer.checkpoint import PartitionPosition, WriteAhead
+from kafkashake.consumer.decoder import Event
 from kafkashake.oplog import position
 from kafkashake.consumer.delay import source_time
 from kafkashake.consumer.intake import PartitionKey, Received
@@ -40,6 +41,10 @@ class PartitionState:
     done_through: tuple[int, int] | None = None
     skip_through: tuple[int, int] | None = None
     applied_here: tuple[int, int] | None = None  # the newest event applied since this instance took the partition
+    # The offset of the first message this instance read from the partition, and the newest event a saved
+    # write-ahead mark covers.
+    first_read: int | None = None
+    marked_through: tuple[int, int] | None = None
     changed: bool = False
     at_end: bool = False
     # The newest source time up to which every change of this partition is applied (seconds since the epoch).
@@ -57,13 +62,21 @@ class PartitionState:
             return
         self.offset, self.ts, self.snapshot_until = saved.offset, saved.ts, saved.snapshot_until
         self.complete_through, self.in_sync_as_of = saved.watermark, saved.in_sync_as_of
-        if saved.applied_through is not None and saved.applied_through[0] > saved.offset:
-            self.replay_through = self.applied_events_through = saved.applied_through
+        for applied in (saved.applied_through, saved.writing_through):
+            if applied is not None and applied[0] > saved.offset and (
+                    self.replay_through is None or applied > self.replay_through):
+                self.replay_through = self.applied_events_through = applied
+        self.marked_through = saved.writing_through
         if saved.done_through is not None and saved.done_through[0] > saved.offset:
             self.skip_through = self.done_through = saved.done_through
         times = [saved.ts.time if saved.ts is not None else None,
                  saved.in_sync_as_of.replace(tzinfo=_dt.timezone.utc).timestamp() if saved.in_sync_as_of else None]
         self.complete_as_of = max((t for t in times if t is not None), default=None)
+
+    def reading(self, first_offset: int) -> None:
+        self.at_end = False
+        if self.first_read is None:
+            self.first_read = first_offset
 
     def mark_replayed(self, received: Received) -> int:
         """Events this group applied before (beyond the checkpoint's offset): those before the first it had not
@@ -204,6 +217,28 @@ class Partitions:
 
     def forget(self, where: PartitionKey) -> None:
         self._states.pop(where, None)
+
+    def write_ahead(self, events: list[Event]) -> list[WriteAhead]:
+        """The marks to save before a write of these events starts: for each partition whose newest event in it
+        lies beyond what its saved mark covers."""
+        newest: dict[PartitionKey, tuple[int, int]] = {}
+        for event in events:
+            where = event.where
+            if where in self._states and (where not in newest or event.position > newest[where]):
+                newest[where] = event.position
+        marks = []
+        for where, through in newest.items():
+            state = self._states[where]
+            if state.marked_through is None or through > state.marked_through:
+                resume = state.first_read if state.first_read is not None else through[0]
+                marks.append(WriteAhead(where[0], where[1], through, resume - 1, state.topic_id))
+        return marks
+
+    def marked(self, marks: list[WriteAhead]) -> None:
+        for mark in marks:
+            state = self._states.get((mark.topic, mark.partition))
+            if state is not None:  # else revoked meanwhile
+                state.marked_through = mark.through
 
     def watermark(self, where: PartitionKey) -> Timestamp | None:
         state = self._states.get(where)

@@ -7,7 +7,11 @@ prepares its write (the sequencer's order, the runs and lanes, the requests that
 so that between two writes only the hand-over is left. A batch's checkpoint is taken when it is prepared, so it
 never holds what later batches passed, and is saved once its write is done, while the next batch is written. A
 partition with messages in a later batch, being gated or written, counts as busy for the DDL barrier: its arrival
-is recorded only after that batch too is written and checkpointed."""
+is recorded only after that batch too is written and checkpointed.
+
+Before a write starts, how far it may apply each partition is saved (a write-ahead mark, also while the previous
+batch is written): a crash after the write and before its checkpoint then reads those events again as replayed,
+applied convergently, not as new changes."""
 from __future__ import annotations
 
 import logging
@@ -129,7 +133,7 @@ class Replay:
                 if where not in self.partitions:
                     self.intake.forget(where)
                     continue  # fetched before its partition was revoked: its next owner reads it
-                self.partitions[where].at_end = False
+                self.partitions[where].reading(received.first_offset)
                 if where in batch.held:
                     continue  # rewound: read again once the partition is resumed
                 consumed += 1
@@ -242,6 +246,10 @@ class Replay:
             if event.where in self.partitions:
                 self.partitions[event.where].applied_event(event.position)
         self._metrics.held_changes.set(self.sequencer.held())
+        marks = self.partitions.write_ahead(events)
+        if marks:
+            self._call(lambda: self._store.mark_writing(marks), "saving the write-ahead mark")
+            self.partitions.marked(marks)
         checkpoint = self._checkpoint_of(batch)
         return Pending(batch, self._applier.prepare(events) if events else None, checkpoint,
                        batch.partitions() | {event.where for event in events})

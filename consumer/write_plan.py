@@ -38,6 +38,10 @@ class Write:
     request: Any = None
     replaces_on_duplicate: bool = False
     tried_again: bool = False
+    # A document's converging changes written at once (`collapse_converging`): its final state, the changes
+    # before `event` applied with it.
+    collapsed: bool = False
+    along: list[Event] = field(default_factory=list)
 
     @classmethod
     def of(cls, event: Event) -> "Write":
@@ -72,7 +76,7 @@ def plan_ahead(lane: Lane, acknowledged: bool, policy: ReplayPolicy) -> None:
     document."""
     lane.direct = direct_updates(lane.writes, policy) if acknowledged and not lane.in_source_order else []
     if not ids_to_read(lane.writes):
-        lane.planned = plan(lane.writes, {}, policy)
+        lane.planned = plan(lane.writes, {}, policy, lane.in_source_order)
 
 
 def direct_updates(writes: list[Write], policy: ReplayPolicy) -> list[Write]:
@@ -100,11 +104,18 @@ def ids_to_read(writes: list[Write]) -> list[Any]:
     return list({w.key: w.document_id for w in writes if w.event.op == "u" and w.request is None}.values())
 
 
-def plan(writes: list[Write], documents: dict[str, Any], policy: ReplayPolicy) -> Plan:
+def plan(writes: list[Write], documents: dict[str, Any], policy: ReplayPolicy,
+         collapse_converging: bool = False) -> Plan:
     """Write requests for `writes` (in order), given the current documents by `key_text` of their `_id`. Writes
-    that already have their request (`direct_updates`) keep it and their place."""
+    that already have their request (`direct_updates`) keep it and their place. With `collapse_converging` (a
+    collection with a unique index), the writes up to the last converging one are collapsed first."""
     result = Plan()
     state = dict(documents)
+    window = max((i + 1 for i, w in enumerate(writes) if w.event.converge or w.event.replayed),
+                 default=0) if collapse_converging else 0
+    if window:
+        collapse_converging_writes(writes[:window], state, result)
+        writes = writes[window:]
     for w in writes:
         if w.request is not None:
             result.writes.append(w)
@@ -113,6 +124,7 @@ def plan(writes: list[Write], documents: dict[str, Any], policy: ReplayPolicy) -
         if op == "i":
             if converges:
                 w.request = ReplaceOne({"_id": w.document_id}, w.event.fields["o"], upsert=True)
+                state[w.key] = w.event.fields["o"]
             else:
                 w.request = InsertOne(w.event.fields["o"])
                 w.replaces_on_duplicate = policy.insert_on_dup_update
@@ -124,6 +136,39 @@ def plan(writes: list[Write], documents: dict[str, Any], policy: ReplayPolicy) -
         if w.request is not None:
             result.writes.append(w)
     return result
+
+
+def collapse_converging_writes(window: list[Write], state: dict[str, Any], result: Plan) -> None:
+    """Converging changes (read again after a crash, or overlapping a copy) of a collection with a unique index,
+    written as each document's final state: the destination may hold any later state of them, and replaying
+    them one by one could refuse a value another document holds there only until a later change of the window
+    moves it (the applier makes way for such a document whose own write is still to come). Deletes go first."""
+    applied: dict[str, list[Write]] = {}
+    for w in window:
+        fields = w.event.fields
+        if w.event.op == "i":
+            state[w.key] = fields["o"]
+        elif w.event.op == "d":
+            state[w.key] = _ABSENT
+        elif state.get(w.key, _ABSENT) is _ABSENT:  # deleted by a later change applied before (or before the copy)
+            result.passed_over["snapshot_overlap" if w.event.converge else "replayed"] += 1
+            continue
+        else:
+            try:
+                state[w.key] = apply_update(state[w.key], fields["o"], fields.get("o_form"))
+            except UpdateFormatError as exc:
+                result.unapplicable.append((w.event, UNAPPLICABLE_UPDATE, f"cannot apply the update: {exc}"))
+                continue
+        applied.setdefault(w.key, []).append(w)
+    finals = []
+    for key, changes in applied.items():
+        last = changes[-1]
+        final = Write(last.event, last.document_id, key, collapsed=True, along=[w.event for w in changes[:-1]])
+        document = state[key]
+        final.request = (DeleteOne({"_id": last.document_id}) if document is _ABSENT
+                         else ReplaceOne({"_id": last.document_id}, document, upsert=True))
+        finals.append(final)
+    result.writes += sorted(finals, key=lambda w: not isinstance(w.request, DeleteOne))
 
 
 def _plan_update(w: Write, state: dict[str, Any], policy: ReplayPolicy, result: Plan) -> None:

@@ -227,3 +227,61 @@ def _ts(seconds: int):
     from bson.timestamp import Timestamp
 
     return Timestamp(1_800_000_000 + seconds, 1)
+
+
+def block_the_second_delete(destination, seconds: int) -> None:
+    """The consumer's first delete command goes through; its second waits `seconds` on the server, then runs."""
+    client(destination).admin.command(
+        "configureFailPoint", "failCommand", mode={"skip": 1, "times": 1},
+        data={"failCommands": ["delete"], "appName": "kafkashake-consumer", "blockConnection": True,
+              "blockTimeMS": seconds * 1000})
+
+
+def consumer_deleting(destination) -> bool:
+    return any(op.get("op") == "delete" and op.get("clientMetadata", {}).get("application", {}).get("name")
+               == "kafkashake-consumer" for op in client(destination).admin.command("currentOp")["inprog"])
+
+
+def test_kill9_after_a_write_before_its_checkpoint_replays_it_without_loss_on_a_unique_index(stack, source, brokers,
+                                                                                              cli) -> None:
+    """The crash the write-ahead mark is for: a batch is written (its last delete held on the server), the consumer
+    is killed before its checkpoint, and the restarted consumer reads the batch again. Applied again as new
+    changes, X's re-insert would collide with the value Y took after it, and X would be lost."""
+    destination = stack.start_mongo(unique("crash-dest"), "--enable-test-commands")
+    topic, db = unique("crash-unique"), unique("crash_unique").replace("-", "_")
+    items = client(source)[db]["items"]
+    items.create_index("x", unique=True)
+    items.insert_many([{"_id": "X", "x": 1}, {"_id": "Y", "x": 2}, {"_id": "Z", "x": 9}])
+    copied = client(destination)[db]["items"]
+    copied.create_index("x", unique=True)  # as a user would before replicating without --ddl
+    # One partition: no other partition's progress to wait for, so the batch read on restart is written at once.
+    producer = cli(*producer_args(source, brokers, topic, "--start-position", "earliest", "--partitions", "1"),
+                   name="producer").start()
+    consumer = cli(*consumer_args(destination, brokers, topic), name="consumer").start()
+    try:
+        wait_equal(source, destination, db)
+        assert consumer.terminate() == 0  # the changes wait in Kafka, to be read in one poll on restart
+        items.delete_one({"_id": "X"})
+        items.insert_one({"_id": "X", "x": 1, "turn": 1})
+        items.update_one({"_id": "X"}, {"$set": {"x": 3}})
+        items.update_one({"_id": "Y"}, {"$set": {"x": 1}})
+        items.delete_one({"_id": "Z"})
+        block_the_second_delete(destination, seconds=45)  # ample time to see it held
+        consumer.start()
+
+        wait_until(lambda: consumer_deleting(destination), 60, "the consumer's delete of Z held on the server")
+        assert copied.find_one({"_id": "Y"}) == {"_id": "Y", "x": 1}, "the changes before it are written"
+        consumer.kill9()  # before the batch's checkpoint
+        wait_until(lambda: copied.find_one({"_id": "Z"}) is None, 90, "the held delete of Z to run")
+        checkpoints = list(client(destination)["kafkashake"]["consumer_checkpoint"].find({"topic": topic}))
+        assert any(c.get("writing_through") and c["writing_through"]["through"][0] > c["offset"] for c in checkpoints)
+
+        consumer.start()
+        items.insert_one({"_id": "W", "x": 4})
+        wait_until(lambda: copied.find_one({"_id": "W"}) is not None, 120, "the restarted consumer to go on")
+        assert workload.differences(client(source)[db], client(destination)[db], field_order=True) == []
+        assert "conflict" not in consumer.log(), consumer.log()[-3000:]
+        assert client(destination)["kafkashake_conflict"].list_collection_names() == []
+        assert consumer.terminate() == 0 and producer.terminate() == 0
+    finally:
+        destination.stop()

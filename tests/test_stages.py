@@ -13,7 +13,8 @@ from bson.raw_bson import RawBSONDocument
 
 from kafkashake.consumer.decoder import Event
 from kafkashake.consumer.intake import Received
-from kafkashake.consumer.partitions import PartitionState
+from kafkashake.consumer.checkpoint import PartitionPosition, WriteAhead
+from kafkashake.consumer.partitions import Partitions, PartitionState
 from kafkashake.consumer.sequencer import FirstHeld, Sequencer
 from kafkashake.oplog.entry import Operation
 from kafkashake.producer.progress import SyncProgress
@@ -171,6 +172,27 @@ def test_a_restart_skips_what_was_applied_and_replays_the_rest_convergently() ->
     again = received(0, 5, ("i", 3, "d.unique"), ("i", 4, "d.unique"), ("i", 8, "d.unique"), ("i", 9, "d.plain"))
     assert successor.mark_replayed(again) == 2
     assert [(e.fields["ts"].inc, e.replayed) for e in again.events] == [(8, True), (9, True)]
+
+
+def test_events_a_write_ahead_mark_covers_are_read_again_as_replayed_after_a_crash() -> None:
+    """The mark is saved before the write starts; the checkpoint after it is done. A crash in between leaves the
+    checkpoint before the batch: read again, its events are replayed (applied convergently), later ones are new."""
+    partitions = Partitions()
+    owner = partitions.assign(("t", 0))
+    owner.topic_id = "topic-1"
+    owner.reading(first_offset=5)
+    batch = received(0, 5, ("d", 3, "d.unique"), ("i", 4, "d.unique"))
+    marks = partitions.write_ahead(batch.events)
+    assert marks == [WriteAhead("t", 0, (5, 1), 4, "topic-1")], "no checkpoint yet: it would begin before offset 5"
+    partitions.marked(marks)
+    assert partitions.write_ahead(batch.events) == [], "already covered"
+
+    successor = PartitionState()
+    successor.restore(PartitionPosition("t", 0, 4, None, topic_id="topic-1", writing_through=(5, 1)))
+    again = received(0, 5, ("d", 3, "d.unique"), ("i", 4, "d.unique"))
+    after = received(0, 6, ("u", 5, "d.unique"))
+    assert successor.mark_replayed(again) == 0 and successor.mark_replayed(after) == 0
+    assert [e.replayed for e in again.events + after.events] == [True, True, False]
 
 
 def test_a_message_applied_in_part_at_the_exit_point_is_not_applied_twice_when_read_again() -> None:
