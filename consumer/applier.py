@@ -33,6 +33,7 @@ from kafkashake.consumer.decoder import Event
 from kafkashake.consumer.ddl import apply_command, command_name
 from kafkashake.consumer.settings import ReplayPolicy
 from kafkashake.oplog.namespaces import command_target
+from kafkashake.consumer.window_rewrite import rewrite_together
 from kafkashake.consumer.write_plan import Lane, Write, id_chunks, ids_to_read, plan, plan_ahead
 from kafkashake.oplog.entry import CHANGE_STREAM_DDL, is_internal_namespace
 from kafkashake.runtime import mongo
@@ -355,8 +356,9 @@ class Applier:
         same_time = [i for i, later in enumerate(rest) if later.event.fields.get("ts") == ts]
         if write.replaces_on_duplicate and index_name == "_id_":
             self._replace_existing(collection, write, report)
-        elif write.collapsed and index_name != "_id_" and self._make_way(collection, error, rest):
-            return [write] + rest
+        elif write.collapsed and index_name != "_id_" and (
+                left := self._rewrite_window(collection, write, rest, report)) is not None:
+            return left
         elif index_name != "_id_" and same_time and not write.tried_again:
             write.tried_again = True
             # after the others of its source time; its document's own later changes among them go with it
@@ -368,17 +370,15 @@ class Applier:
                                             index_name))
         return rest
 
-    @staticmethod
-    def _make_way(collection, error: dict, rest: list[Write]) -> bool:  # type: ignore[no-untyped-def]
-        """A final state refused for a unique value that a document holds whose own final state is still to be
-        written: that document is deleted now (its write re-creates it) and the refused write tried again."""
-        value = error.get("keyValue")
-        pending = {w.key for w in rest if w.collapsed}
-        holder = collection.find_one(value, {"_id": 1}) if value and pending else None
-        if holder is None or key_text(holder["_id"]) not in pending:
-            return False
-        collection.delete_one({"_id": holder["_id"]})
-        return True
+    def _rewrite_window(self, collection, write: Write, rest: list[Write],  # type: ignore[no-untyped-def]
+                        report: ApplyReport) -> list[Write] | None:
+        """The refused final state and the window's others still to write, written together; the writes left."""
+        together = [write] + [w for w in rest if w.collapsed]
+        if not rewrite_together(self._client, collection, [w.document_id for w in together],
+                                [w.final_state for w in together if w.final_state is not None]):
+            return None
+        self._written(report, together)
+        return [w for w in rest if not w.collapsed]
 
     def _replace_existing(self, collection, write: Write, report: ApplyReport) -> None:  # type: ignore[no-untyped-def]
         """insert_on_dup_update: the inserted document replaces the existing one whole (MongoShake merged with

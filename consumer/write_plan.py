@@ -42,6 +42,7 @@ class Write:
     # before `event` applied with it.
     collapsed: bool = False
     along: list[Event] = field(default_factory=list)
+    final_state: Any = None
 
     @classmethod
     def of(cls, event: Event) -> "Write":
@@ -142,7 +143,8 @@ def collapse_converging_writes(window: list[Write], state: dict[str, Any], resul
     """Converging changes (read again after a crash, or overlapping a copy) of a collection with a unique index,
     written as each document's final state: the destination may hold any later state of them, and replaying
     them one by one could refuse a value another document holds there only until a later change of the window
-    moves it (the applier makes way for such a document whose own write is still to come). Deletes go first."""
+    moves it (the applier then writes the window's final states still to come together, window_rewrite). Deletes
+    go first."""
     applied: dict[str, list[Write]] = {}
     for w in window:
         fields = w.event.fields
@@ -164,9 +166,11 @@ def collapse_converging_writes(window: list[Write], state: dict[str, Any], resul
     for key, changes in applied.items():
         last = changes[-1]
         final = Write(last.event, last.document_id, key, collapsed=True, along=[w.event for w in changes[:-1]])
-        document = state[key]
-        final.request = (DeleteOne({"_id": last.document_id}) if document is _ABSENT
-                         else ReplaceOne({"_id": last.document_id}, document, upsert=True))
+        if state[key] is _ABSENT:
+            final.request = DeleteOne({"_id": last.document_id})
+        else:
+            final.final_state = state[key]
+            final.request = ReplaceOne({"_id": last.document_id}, final.final_state, upsert=True)
         finals.append(final)
     result.writes += sorted(finals, key=lambda w: not isinstance(w.request, DeleteOne))
 

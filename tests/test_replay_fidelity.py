@@ -17,6 +17,7 @@ from kafkashake.demo.embedded import mongo_uri
 from kafkashake.consumer.applier import Applier
 from kafkashake.consumer.document_update import as_update_operators
 from kafkashake.consumer.sequencer import UniqueIndexes
+from kafkashake.consumer.window_rewrite import rewrite_together
 from kafkashake.consumer.decoder import Event, decode_message
 
 EXACT = CodecOptions(uuid_representation=UuidRepresentation.UNSPECIFIED)
@@ -258,3 +259,27 @@ def test_a_batch_tried_again_after_a_transient_error_converges_on_a_unique_index
     report = applier.write(prepared)  # as retry_transient calls it again
     assert not report.conflicts and report.applied == {"d": 1, "i": 1, "u": 2}
     assert list(collection.find(sort=[("_id", 1)])) == [{"_id": "X", "x": 3, "turn": 1}, {"_id": "Y", "x": 1}]
+
+
+def test_final_states_written_together_leave_no_document_deleted_when_refused(stack) -> None:
+    """The window's final states are written in one transaction: refused, none of its documents is left deleted
+    (the replay after it may hold only their updates); cut off by a transient error, it is tried again whole."""
+    server = stack.start_mongo(unique("rewrite"), "--enable-test-commands")
+    try:
+        mongo = client(server)
+        collection = mongo[unique("window")].get_collection("u", codec_options=EXACT)
+        collection.create_index("x", unique=True)
+        before = [{"_id": "X", "x": 1}, {"_id": "Y", "x": 2}]
+        collection.insert_many(before)
+        swapped = [{"_id": "X", "x": 2}, {"_id": "Y", "x": 1}]
+        mongo.admin.command("configureFailPoint", "failCommand", mode={"times": 1},
+                            data={"failCommands": ["insert"], "errorCode": 2})
+        assert not rewrite_together(mongo, collection, ["X", "Y"], swapped)
+        assert list(collection.find(sort=[("_id", 1)])) == before, "the delete went back with the refused insert"
+        mongo.admin.command("configureFailPoint", "failCommand", mode={"times": 1},
+                            data={"failCommands": ["insert"], "errorCode": 112,
+                                  "errorLabels": ["TransientTransactionError"]})
+        assert rewrite_together(mongo, collection, ["X", "Y"], swapped)
+        assert list(collection.find(sort=[("_id", 1)])) == swapped
+    finally:
+        server.stop()
