@@ -45,6 +45,8 @@ class PartitionState:
     # write-ahead mark covers.
     first_read: int | None = None
     marked_through: tuple[int, int] | None = None
+    # Its replay window, restored with it, is still to be read to its end before anything is gated.
+    window_unread: bool = False
     changed: bool = False
     at_end: bool = False
     # The newest source time up to which every change of this partition is applied (seconds since the epoch).
@@ -66,6 +68,7 @@ class PartitionState:
             if applied is not None and applied[0] > saved.offset and (
                     self.replay_through is None or applied > self.replay_through):
                 self.replay_through = self.applied_events_through = applied
+                self.window_unread = True
         self.marked_through = saved.writing_through
         if saved.done_through is not None and saved.done_through[0] > saved.offset:
             self.skip_through = self.done_through = saved.done_through
@@ -233,6 +236,20 @@ class Partitions:
                 resume = state.first_read if state.first_read is not None else through[0]
                 marks.append(WriteAhead(where[0], where[1], through, resume - 1, state.topic_id))
         return marks
+
+    def window_unread(self, taken: list[Received]) -> bool:
+        """Whether a partition's replay window, restored with it, is not yet read to its end, counting the messages
+        `taken`. Once they are handled (`windows_read`), none is waited for again: a partition may be held back
+        later, in the gates, with its window still to pass."""
+        newest: dict[PartitionKey, int] = {}
+        for received in taken:
+            newest[received.where] = max(newest.get(received.where, -1), received.offset)
+        return any(state.window_unread and state.replay_through is not None
+                   and newest.get(where, -1) < state.replay_through[0] for where, state in self._states.items())
+
+    def windows_read(self) -> None:
+        for state in self._states.values():
+            state.window_unread = False
 
     def marked(self, marks: list[WriteAhead]) -> None:
         for mark in marks:

@@ -7,10 +7,8 @@ prepares its write (the sequencer's order, the runs and lanes, the requests that
 so that between two writes only the hand-over is left. A batch's checkpoint is taken when it is prepared, so it
 never holds what later batches passed, and is saved once its write is done, while the next batch is written. A
 partition with messages in a later batch, being gated or written, counts as busy for the DDL barrier: its arrival
-is recorded only after that batch too is written and checkpointed.
-
-Before a write starts, how far it may apply each partition is saved (a write-ahead mark, also while the previous
-batch is written): a crash after the write and before its checkpoint then reads those events again as replayed,
+is recorded only after that batch too is written and checkpointed. Before a write starts, how far it may apply each
+partition is saved (a write-ahead mark): a crash before its checkpoint then reads those events again as replayed,
 applied convergently, not as new changes."""
 from __future__ import annotations
 
@@ -111,20 +109,27 @@ class Replay:
         # The batch passing the gates, not yet handed to the writer: its partitions are busy for the DDL barrier
         # whenever the previous batch settles, also when gating stops on an error and the consumer closes.
         self._gating: Batch | None = None
+        self._stashed: list[Received] = []
         self._conflict_log = RateLimitedLog(logging.getLogger("kafkashake.consumer.conflicts"))
         self._saved_watermarks: dict[str, tuple[float, dict[int, PartitionPosition]]] = {}
 
     # ---------------------------------------------------------------------------------------------- a batch
 
-    def handle(self, messages: list[Message]) -> None:
+    def handle(self, messages: list[Message], window_read: bool = False) -> None:
         """Messages of one poll, errors already taken out. They are decoded and pass the gates while the previous
         poll's events are still being written; once that write is done theirs starts, and the previous batch's
-        checkpoint is saved while it runs."""
-        taken = []
+        checkpoint is saved while it runs. Messages of a replay window (what a crash may have left written, read
+        again) are kept until the window is read to its end, or a poll brings nothing (`window_read`): written in
+        one batch, its final states fit each other (write_plan.collapse_converging_writes)."""
+        taken, self._stashed = self._stashed, []
         for message in messages:
             received = self.intake.take(message)
             if received is not None:  # else a fragment: the rest of its value is still to come
                 taken.append(received)
+        if not window_read and self.partitions.window_unread(taken):
+            self._stashed = taken
+            return
+        self.partitions.windows_read()
         batch = self._gating = Batch()
         consumed = 0
         try:
@@ -255,8 +260,11 @@ class Replay:
                        batch.partitions() | {event.where for event in events})
 
     def release_held(self) -> None:
-        """With nothing polled: held changes may have become due, another instance having applied up to them (with
-        changes moving between instances' partitions, each such step waits for this)."""
+        """With nothing polled: a replay window kept so far is handled; held changes may have become due, another
+        instance having applied up to them (with changes moving between instances' partitions, each such step waits
+        for this)."""
+        if self._stashed:
+            self.handle([], window_read=True)
         if self._pending is None and self.sequencer.held():
             self._start_apply(Batch())
             self.settle()  # its checkpoint is what the other instances wait for
