@@ -73,6 +73,7 @@ class Pending:
     checkpoint: list[PartitionPosition]
     # Partitions with messages in the batch or events in its write (the sequencer releases events of others).
     busy: set[PartitionKey]
+    marking: Future[None] | None = None
     written: Future[ApplyReport] | None = None
 
 
@@ -105,6 +106,7 @@ class Replay:
         self._partition_count = partition_count
         self.intake = Intake()
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="kafkashake-apply")
+        self._marker = ThreadPoolExecutor(1, thread_name_prefix="kafkashake-mark")
         self._pending: Pending | None = None
         # The batch passing the gates, not yet handed to the writer: its partitions are busy for the DDL barrier
         # whenever the previous batch settles, also when gating stops on an error and the consumer closes.
@@ -236,7 +238,7 @@ class Replay:
         assert self._pending is None, "the previous batch is settled before the next one starts"
         self._gating = None
         if pending.prepared is not None:
-            pending.written = self._writer.submit(self._write, pending.prepared)
+            pending.written = self._writer.submit(self._write, pending.prepared, pending.marking)
         self._pending = pending
 
     def _prepare(self, batch: Batch) -> Pending:
@@ -252,12 +254,14 @@ class Replay:
                 self.partitions[event.where].applied_event(event.position)
         self._metrics.held_changes.set(self.sequencer.held())
         marks = self.partitions.write_ahead(events)
-        if marks:
-            self._call(lambda: self._store.mark_writing(marks), "saving the write-ahead mark")
+        marking = None
+        if marks:  # saved while the main thread goes on; the write waits for it (if it fails, so does the write)
+            marking = self._marker.submit(self._call, lambda: self._store.mark_writing(marks),
+                                          "saving the write-ahead mark")
             self.partitions.marked(marks)
         checkpoint = self._checkpoint_of(batch)
         return Pending(batch, self._applier.prepare(events) if events else None, checkpoint,
-                       batch.partitions() | {event.where for event in events})
+                       batch.partitions() | {event.where for event in events}, marking)
 
     def release_held(self) -> None:
         """With nothing polled: a replay window kept so far is handled; held changes may have become due, another
@@ -269,7 +273,9 @@ class Replay:
             self._start_apply(Batch())
             self.settle()  # its checkpoint is what the other instances wait for
 
-    def _write(self, prepared: Prepared) -> ApplyReport:
+    def _write(self, prepared: Prepared, marking: Future[None] | None) -> ApplyReport:
+        if marking is not None:
+            marking.result()
         started = time.perf_counter()
         report = self._call(lambda: self._applier.write(prepared), "applying a batch")
         self._metrics.bulk_write_seconds.observe(time.perf_counter() - started)
