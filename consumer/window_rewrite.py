@@ -14,10 +14,6 @@ from pymongo.errors import OperationFailure
 
 from kafkashake.runtime.retry import is_transient
 
-# IllegalOperation: a standalone server has no transactions.
-NO_TRANSACTIONS = 20
-
-
 def rewrite_together(client: MongoClient, collection: Collection, ids: list[Any], documents: list[Any]) -> bool:
     """Delete the documents with `ids` and insert `documents` (their final states; those deleted at the end are
     left out) atomically. False if the destination refused (a value held by a document outside the window, or no

@@ -147,20 +147,15 @@ def collapse_converging_writes(window: list[Write], state: dict[str, Any], resul
     go first."""
     applied: dict[str, list[Write]] = {}
     for w in window:
-        fields = w.event.fields
         if w.event.op == "i":
-            state[w.key] = fields["o"]
+            state[w.key] = w.event.fields["o"]
         elif w.event.op == "d":
             state[w.key] = _ABSENT
-        elif state.get(w.key, _ABSENT) is _ABSENT:  # deleted by a later change applied before (or before the copy)
-            result.passed_over["snapshot_overlap" if w.event.converge else "replayed"] += 1
+        elif state.get(w.key, _ABSENT) is _ABSENT:
+            _pass_over_missing(w, result)
             continue
-        else:
-            try:
-                state[w.key] = apply_update(state[w.key], fields["o"], fields.get("o_form"))
-            except UpdateFormatError as exc:
-                result.unapplicable.append((w.event, UNAPPLICABLE_UPDATE, f"cannot apply the update: {exc}"))
-                continue
+        elif not _apply_in_memory(w, state[w.key], state, result):
+            continue
         applied.setdefault(w.key, []).append(w)
     finals = []
     for key, changes in applied.items():
@@ -178,21 +173,32 @@ def collapse_converging_writes(window: list[Write], state: dict[str, Any], resul
 def _plan_update(w: Write, state: dict[str, Any], policy: ReplayPolicy, result: Plan) -> None:
     current = state.get(w.key, _ABSENT)
     if current is _ABSENT:
-        if w.event.converge or w.event.replayed:  # deleted before the copy read it (or by a later change applied
-            # before a restart); its delete follows
-            result.passed_over["snapshot_overlap" if w.event.converge else "replayed"] += 1
+        if w.event.converge or w.event.replayed:
+            _pass_over_missing(w, result)
             return
         if not policy.upsert:
             result.conflicts.append(Conflict(UPDATE_MISSING, w.event, None, "no document matches the update's _id"))
             return
         current = dict(w.event.fields["o2"])  # what an upsert of this update would start from
+    if _apply_in_memory(w, current, state, result):
+        w.request = ReplaceOne({"_id": w.document_id}, state[w.key], upsert=policy.upsert)
+
+
+def _pass_over_missing(w: Write, result: Plan) -> None:
+    """A converging update of a document deleted before the copy read it (or by a later change applied before a
+    restart): its delete follows."""
+    result.passed_over["snapshot_overlap" if w.event.converge else "replayed"] += 1
+
+
+def _apply_in_memory(w: Write, current: Any, state: dict[str, Any], result: Plan) -> bool:
+    """`w`'s update applied to `current` becomes the document's state; False (reported unapplicable) if it cannot
+    be applied."""
     try:
-        updated = apply_update(current, w.event.fields["o"], w.event.fields.get("o_form"))
+        state[w.key] = apply_update(current, w.event.fields["o"], w.event.fields.get("o_form"))
     except UpdateFormatError as exc:
         result.unapplicable.append((w.event, UNAPPLICABLE_UPDATE, f"cannot apply the update: {exc}"))
-        return
-    state[w.key] = updated
-    w.request = ReplaceOne({"_id": w.document_id}, updated, upsert=policy.upsert)
+        return False
+    return True
 
 
 def id_chunks(ids: list[Any]) -> list[list[Any]]:
