@@ -223,7 +223,8 @@ class Partitions:
 
     def write_ahead(self, events: list[Event]) -> list[WriteAhead]:
         """The marks to save before a write of these events starts: for each partition whose newest event in it
-        lies beyond what its saved mark covers."""
+        lies beyond what its mark covers. They count as saved from now on: the write waits for them, and stops if
+        they cannot be."""
         newest: dict[PartitionKey, tuple[int, int]] = {}
         for event in events:
             where = event.where
@@ -235,12 +236,15 @@ class Partitions:
             if state.marked_through is None or through > state.marked_through:
                 resume = state.first_read if state.first_read is not None else through[0]
                 marks.append(WriteAhead(where[0], where[1], through, resume - 1, state.topic_id))
+                state.marked_through = through
         return marks
 
     def window_unread(self, taken: list[Received]) -> bool:
         """Whether a partition's replay window, restored with it, is not yet read to its end, counting the messages
         `taken`. Once they are handled (`windows_read`), none is waited for again: a partition may be held back
         later, in the gates, with its window still to pass."""
+        if not any(state.window_unread for state in self._states.values()):
+            return False
         newest: dict[PartitionKey, int] = {}
         for received in taken:
             newest[received.where] = max(newest.get(received.where, -1), received.offset)
@@ -250,12 +254,6 @@ class Partitions:
     def windows_read(self) -> None:
         for state in self._states.values():
             state.window_unread = False
-
-    def marked(self, marks: list[WriteAhead]) -> None:
-        for mark in marks:
-            state = self._states.get((mark.topic, mark.partition))
-            if state is not None:  # else revoked meanwhile
-                state.marked_through = mark.through
 
     def watermark(self, where: PartitionKey) -> Timestamp | None:
         state = self._states.get(where)

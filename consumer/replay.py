@@ -258,7 +258,6 @@ class Replay:
         if marks:  # saved while the main thread goes on; the write waits for it (if it fails, so does the write)
             marking = self._marker.submit(self._call, lambda: self._store.mark_writing(marks),
                                           "saving the write-ahead mark")
-            self.partitions.marked(marks)
         checkpoint = self._checkpoint_of(batch)
         return Pending(batch, self._applier.prepare(events) if events else None, checkpoint,
                        batch.partitions() | {event.where for event in events}, marking)

@@ -184,7 +184,6 @@ def test_events_a_write_ahead_mark_covers_are_read_again_as_replayed_after_a_cra
     batch = received(0, 5, ("d", 3, "d.unique"), ("i", 4, "d.unique"))
     marks = partitions.write_ahead(batch.events)
     assert marks == [WriteAhead("t", 0, (5, 1), 4, "topic-1")], "no checkpoint yet: it would begin before offset 5"
-    partitions.marked(marks)
     assert partitions.write_ahead(batch.events) == [], "already covered"
 
     successor = PartitionState()
