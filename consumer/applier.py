@@ -18,22 +18,24 @@ conflict."""
 from __future__ import annotations
 
 import logging
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from pymongo import MongoClient, ReplaceOne, UpdateOne
-from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
+from pymongo.errors import BulkWriteError, OperationFailure
 
-from kafkashake.consumer.conflicts import DUPLICATE_KEY, UPDATE_MISSING, Conflict, duplicate_index_name
+from kafkashake.consumer.apply_report import ApplyReport, Rejection, where_in_kafka
+from kafkashake.consumer.conflicts import UPDATE_MISSING, Conflict
 from kafkashake.consumer.dead_letters import REJECTED, UNKNOWN_OP
 from kafkashake.consumer.decoder import Event
 from kafkashake.consumer.ddl import apply_command, command_name
+from kafkashake.consumer.duplicate_keys import DuplicateKeys
+from kafkashake.consumer.parked import ParkedWrites
 from kafkashake.consumer.settings import ReplayPolicy
 from kafkashake.oplog.namespaces import command_target
-from kafkashake.consumer.window_rewrite import rewrite_together
 from kafkashake.consumer.write_plan import Lane, Write, id_chunks, ids_to_read, plan, plan_ahead
 from kafkashake.oplog.entry import CHANGE_STREAM_DDL, is_internal_namespace
 from kafkashake.runtime import mongo
@@ -50,27 +52,6 @@ PASSED_OVER_REASONS = {"n": "noop", "c": "command", "invalidate": "invalidate", 
                        **{kind: "command" for kind in CHANGE_STREAM_DDL}}
 # Concurrent ordered bulk writes per run (namespaces, and lanes of one namespace's documents).
 WRITE_LANES = 4
-
-
-@dataclass
-class Rejection:
-    event: Event
-    reason: str
-    error: str
-
-
-@dataclass
-class ApplyReport:
-    applied: Counter = field(default_factory=Counter)
-    passed_over: Counter = field(default_factory=Counter)
-    conflicts: list[Conflict] = field(default_factory=list)
-    rejected: list[Rejection] = field(default_factory=list)
-
-    def merge(self, other: "ApplyReport") -> None:
-        self.applied.update(other.applied)
-        self.passed_over.update(other.passed_over)
-        self.conflicts += other.conflicts
-        self.rejected += other.rejected
 
 
 @dataclass
@@ -128,12 +109,14 @@ class Applier:
         self._has_unique_index = has_unique_index
         self._lane_count = lanes
         self._writers = ThreadPoolExecutor(lanes, thread_name_prefix="kafkashake-write")
+        self.parked = ParkedWrites()
+        self._duplicate_keys = DuplicateKeys(client, self.parked)
 
     def _reject(self, report: ApplyReport, event: Event, reason: str, error: str) -> None:
         """An event that can never be applied: reported for the dead-letter topic, or replay stops."""
         if not self._dead_letters:
             raise FatalError(
-                f"{error} (event at {_where(event)} on {event.ns}). Replay stops here so nothing is skipped; fix the "
+                f"{error} (event at {where_in_kafka(event)} on {event.ns}). Replay stops here so nothing is skipped; fix the "
                 "destination (validator, index, permissions) and restart, or run with --on-error dlq"
             )
         report.rejected.append(Rejection(event, reason, error))
@@ -142,20 +125,34 @@ class Applier:
         db, _, coll = ns.partition(".")
         return mongo.latest(self._client, db, codec_options=EVENT_CODEC_OPTIONS)[coll]
 
-    def apply(self, events: list[Event]) -> ApplyReport:
-        return self.write(self.prepare(events))
+    def apply(self, events: list[Event], carry_parked: bool = True) -> ApplyReport:
+        """`carry_parked=False` for a DDL applied while a batch may be written: the parked events go with the batches
+        of changes (a partition's DDL waits for its parked events: consumer/replay.py)."""
+        prepared = self.prepare(events)
+        return self.write(prepared) if carry_parked else self._write(prepared, [])
 
     def write(self, prepared: Prepared) -> ApplyReport:
-        """Write a prepared batch. Tried again (after a transient error) it is prepared afresh, as a write's plan
-        and its retries of refused writes depend on the destination of the attempt."""
+        """Write a prepared batch, the parked events (consumer/parked.py) first. Tried again (after a transient
+        error) it is prepared afresh, as a write's plan and its retries of refused writes depend on the destination
+        of the attempt; so is a batch that carries parked events."""
+        parked = self.parked.take()
+        try:
+            report = self._write(prepared, [event for events in parked.values() for event in events])
+        except BaseException:
+            self.parked.put_back(parked)
+            raise
+        report.parked = self.parked.events()
+        return report
+
+    def _write(self, prepared: Prepared, parked: list[Event]) -> ApplyReport:
         if prepared.written_before:
             for event in prepared.events:
                 event.replayed = True  # the attempt that failed may have applied any of them
-            prepared = self.prepare(prepared.events)
+        fresh = self.prepare(parked + prepared.events) if prepared.written_before or parked else prepared
         prepared.written_before = True
         report = ApplyReport()
-        report.merge(prepared.report)
-        for step in prepared.steps:
+        report.merge(fresh.report)
+        for step in fresh.steps:
             if isinstance(step, Event):
                 self._apply_command(step, report)
             else:
@@ -188,7 +185,7 @@ class Applier:
                     log.info("change stream invalidate event passed over", extra={"ns": event.ns})
                 elif reason == "history_gap":
                     log.error("the producer lost change-stream history: changes before this point are missing "
-                              "from the destination", extra={"kafka": _where(event)})
+                              "from the destination", extra={"kafka": where_in_kafka(event)})
                 continue
             if is_internal_namespace(event.ns, self._private):
                 report.passed_over["internal_namespace"] += 1
@@ -253,10 +250,10 @@ class Applier:
     def _flush(self, run: _Run, report: ApplyReport) -> None:
         lanes = run.lanes if run.lanes is not None else self._lanes_of(run)
         if len(lanes) == 1:
-            self._write(lanes[0], report)
+            self._write_lane(lanes[0], report)
             return
         lane_reports = [ApplyReport() for _ in lanes]
-        futures = [self._writers.submit(self._write, lane, lane_report) for lane, lane_report in zip(lanes, lane_reports)]
+        futures = [self._writers.submit(self._write_lane, lane, lane_report) for lane, lane_report in zip(lanes, lane_reports)]
         for future in futures:
             future.exception()  # every lane finishes before any error is raised
         for future in futures:
@@ -274,7 +271,7 @@ class Applier:
             lanes[hash(write.key) % self._lane_count].append(write)
         return [lane for lane in lanes if lane]
 
-    def _write(self, lane: Lane, report: ApplyReport) -> None:
+    def _write_lane(self, lane: Lane, report: ApplyReport) -> None:
         collection = self._collection(lane.ns)
         planned = lane.planned
         if planned is None:
@@ -329,72 +326,16 @@ class Applier:
                 first = exc.details["writeErrors"][0]
                 failed, done = writes[first["index"]], writes[: first["index"]]
                 outcome.add(done, exc.details.get("nMatched", 0) + exc.details.get("nUpserted", 0))
-                self._written(report, done)
+                report.written(done)
                 if first.get("code") not in DUPLICATE_KEY_CODES:
                     self._reject(report, failed.event, REJECTED, f"the destination rejected the event: "
                                                                  f"{first.get('errmsg')} (code {first.get('code')})")
                     writes = writes[first["index"] + 1:]
                 else:
-                    writes = self._duplicate(collection, failed, first, writes[first["index"] + 1:], report)
+                    writes = self._duplicate_keys.handle(collection, failed, first, writes[first["index"] + 1:], report)
                 continue
             outcome.add(writes, result.matched_count + result.upserted_count if result.acknowledged else 0)
-            self._written(report, writes)
+            report.written(writes)
             return outcome
         return outcome
 
-    @staticmethod
-    def _written(report: ApplyReport, writes: list[Write]) -> None:
-        for w in writes:
-            for event in (*w.along, w.event):
-                report.applied[event.op] += 1
-
-    def _duplicate(self, collection, write: Write, error: dict, rest: list[Write],  # type: ignore[no-untyped-def]
-                   report: ApplyReport) -> list[Write]:
-        """Handle a duplicate-key refusal; returns the writes still to do."""
-        index_name = duplicate_index_name(error)
-        ts = write.event.fields.get("ts")
-        same_time = [i for i, later in enumerate(rest) if later.event.fields.get("ts") == ts]
-        if write.replaces_on_duplicate and index_name == "_id_":
-            self._replace_existing(collection, write, report)
-        elif write.collapsed and index_name != "_id_" and (
-                left := self._rewrite_window(collection, write, rest, report)) is not None:
-            return left
-        elif index_name != "_id_" and same_time and not write.tried_again:
-            write.tried_again = True
-            # after the others of its source time; its document's own later changes among them go with it
-            window, after = rest[: same_time[-1] + 1], rest[same_time[-1] + 1:]
-            along = [later for later in window if later.key == write.key]
-            return [later for later in window if later.key != write.key] + [write] + along + after
-        else:
-            self._conflict(report, Conflict(DUPLICATE_KEY, write.event, error.get("code"), error.get("errmsg", ""),
-                                            index_name))
-        return rest
-
-    def _rewrite_window(self, collection, write: Write, rest: list[Write],  # type: ignore[no-untyped-def]
-                        report: ApplyReport) -> list[Write] | None:
-        """The refused final state and the window's others still to write, written together; the writes left."""
-        together = [write] + [w for w in rest if w.collapsed]
-        if not rewrite_together(self._client, collection, [w.document_id for w in together],
-                                [w.final_state for w in together if w.final_state is not None]):
-            return None
-        self._written(report, together)
-        return [w for w in rest if not w.collapsed]
-
-    def _replace_existing(self, collection, write: Write, report: ApplyReport) -> None:  # type: ignore[no-untyped-def]
-        """insert_on_dup_update: the inserted document replaces the existing one whole (MongoShake merged with
-        $set, so fields the insert did not have survived). A duplicate on another unique index stays a conflict."""
-        try:
-            collection.replace_one({"_id": write.document_id}, write.event.fields["o"])
-        except DuplicateKeyError as exc:
-            details = exc.details or {}
-            self._conflict(report, Conflict(DUPLICATE_KEY, write.event, exc.code, str(details.get("errmsg", exc)),
-                                            duplicate_index_name(details)))
-            return
-        self._written(report, [write])
-
-    def _conflict(self, report: ApplyReport, conflict: Conflict) -> None:
-        report.conflicts.append(conflict)
-
-
-def _where(event: Event) -> str:
-    return f"{event.topic}/{event.partition}@{event.offset}"

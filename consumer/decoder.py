@@ -27,10 +27,16 @@ class Event:
     converge: bool = False
     # Applied before, by this group (read again after a restart or a rebalance): applied the same convergent way.
     replayed: bool = False
+    # Where its message begins, when the message came in fragments over several offsets.
+    first_offset: int | None = None
 
     @property
     def where(self) -> tuple[str, int]:
         return self.topic, self.partition
+
+    @property
+    def message_start(self) -> int:
+        return self.offset if self.first_offset is None else self.first_offset
 
     @property
     def position(self) -> tuple[int, int]:

@@ -9,10 +9,12 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Protocol
 
+import bson
 from bson.timestamp import Timestamp
 
 from kafkashake.consumer.decoder import Event, UndecodableMessage, decode_message
 from kafkashake.schemas import fragments, headers
+from kafkashake.schemas.codec import EVENT_CODEC_OPTIONS
 from kafkashake.schemas.heartbeats import Heartbeat, heartbeat_of
 
 PartitionKey = tuple[str, int]
@@ -121,4 +123,17 @@ class Intake:
                                              message_headers)
         except UndecodableMessage as exc:
             received.error = str(exc)
+        if first_offset != received.offset:
+            for event in received.events:
+                event.first_offset = first_offset
         return received
+
+
+def message_of(messages: list[Received], event: Event) -> Received:
+    """The message an event came in (for a dead letter): among `messages`, or else (held since an earlier batch)
+    one made from the event."""
+    for received in messages:
+        if received.where == event.where and received.offset == event.offset:
+            return received
+    return Received(event.topic, event.partition, event.offset, event.offset, None,
+                    bson.encode(event.fields, codec_options=EVENT_CODEC_OPTIONS), [], {}, [event])

@@ -41,6 +41,10 @@ class ConsumerMetrics:
         self.held_changes = Gauge("kafkashake_consumer_held_changes", "Changes of collections with a unique index "
                                   "besides _id, held until every partition of their topic is complete through them "
                                   "(they apply in source order).", registry=r)
+        self.parked_changes = Gauge(
+            "kafkashake_consumer_parked_changes", "Changes of a copy or of a replayed window whose document a unique "
+            "index refused for a value another document holds until a later change frees it: written again with "
+            "each batch, their partitions' checkpoints kept before them.", registry=r)
         self.delay = Gauge("kafkashake_consumer_delay_seconds", "The target delay in force.", registry=r)
         self.checkpoint_ts = Gauge(
             "kafkashake_consumer_checkpoint_timestamp_seconds", "Source time of the newest checkpointed event.", registry=r

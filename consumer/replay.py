@@ -20,26 +20,26 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-import bson
 from bson.timestamp import Timestamp
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
-from kafkashake.consumer.applier import Applier, ApplyReport, Prepared
+from kafkashake.consumer.applier import Applier, Prepared
+from kafkashake.consumer.apply_report import ApplyReport
 from kafkashake.consumer.barrier import Barriers
 from kafkashake.consumer.checkpoint import ConsumerCheckpointStore, PartitionPosition
 from kafkashake.consumer.conflicts import ConflictRecorder, describe
 from kafkashake.consumer.dead_letters import UNDECODABLE, DeadLetters
 from kafkashake.consumer.decoder import Event
 from kafkashake.consumer.gates import CopyOverlap, DelayGate, ExitGate, Verdict
-from kafkashake.consumer.intake import Intake, PartitionKey, Received
+from kafkashake.consumer.intake import Intake, PartitionKey, Received, message_of
 from kafkashake.consumer.metrics import ConsumerMetrics
+from kafkashake.consumer.parked import before_parked, first_parked
 from kafkashake.consumer.partitions import Partitions
 from kafkashake.consumer.sequencer import Sequencer
 from kafkashake.consumer.settings import ConsumerSettings
 from kafkashake.oplog import position
 from kafkashake.runtime.errors import FatalError
 from kafkashake.runtime.logs import RateLimitedLog
-from kafkashake.schemas.codec import EVENT_CODEC_OPTIONS
 
 log = logging.getLogger("kafkashake.consumer")
 # Checkpoints of the group's other instances are read at most this often.
@@ -114,6 +114,7 @@ class Replay:
         self._stashed: list[Received] = []
         self._conflict_log = RateLimitedLog(logging.getLogger("kafkashake.consumer.conflicts"))
         self._saved_watermarks: dict[str, tuple[float, dict[int, PartitionPosition]]] = {}
+        self.parked: list[Event] = []  # as the last write left them (consumer/parked.py)
 
     # ---------------------------------------------------------------------------------------------- a batch
 
@@ -230,8 +231,7 @@ class Replay:
     # ---------------------------------------------------------------------------------------------- applying
 
     def _start_apply(self, batch: Batch) -> None:
-        """Prepare the batch's write and hand it to the writer thread; `settle()` waits for the write and saves the
-        checkpoint."""
+        """Prepare the batch's write and hand it to the writer; `settle()` waits for it and saves its checkpoint."""
         self._submit(self._prepare(batch))
 
     def _submit(self, pending: Pending) -> None:
@@ -243,8 +243,7 @@ class Replay:
 
     def _prepare(self, batch: Batch) -> Pending:
         """The batch's events in the order to write them, sorted out for the writer while the previous batch may
-        still be written, and the checkpoint it reaches. The batch stays the one being gated until it is handed
-        over."""
+        still be written, and the checkpoint it reaches. It stays the batch being gated until it is handed over."""
         transform = self._settings.policy.transform
         destination_ns = transform.map if transform else (lambda ns: ns)
         events = self.sequencer.take(batch.applying(), destination_ns)
@@ -259,16 +258,16 @@ class Replay:
             marking = self._marker.submit(self._call, lambda: self._store.mark_writing(marks),
                                           "saving the write-ahead mark")
         checkpoint = self._checkpoint_of(batch)
-        return Pending(batch, self._applier.prepare(events) if events else None, checkpoint,
+        return Pending(batch, self._applier.prepare(events) if events or self.parked else None, checkpoint,
                        batch.partitions() | {event.where for event in events}, marking)
 
     def release_held(self) -> None:
         """With nothing polled: a replay window kept so far is handled; held changes may have become due, another
         instance having applied up to them (with changes moving between instances' partitions, each such step waits
-        for this)."""
+        for this); parked changes are written again."""
         if self._stashed:
             self.handle([], window_read=True)
-        if self._pending is None and self.sequencer.held():
+        if self._pending is None and (self.sequencer.held() or self.parked):
             self._start_apply(Batch())
             self.settle()  # its checkpoint is what the other instances wait for
 
@@ -297,7 +296,7 @@ class Replay:
             self.account(report)
             for rejection in report.rejected:
                 event = rejection.event
-                self.dead_letter(self._received_of(pending.batch, event), rejection.reason,
+                self.dead_letter(message_of(pending.batch.applying(), event), rejection.reason,
                                  f"{rejection.error}; event {event.op} on {event.ns}", event)
         return pending
 
@@ -309,10 +308,16 @@ class Replay:
         busy = set() if self._gating is None else self._gating.partitions()
         if self._pending is not None:
             busy |= self._pending.busy
+        busy |= {event.where for event in self.parked}  # its parked events are written before its barrier's DDL
         self.barriers.record_arrivals(lambda where: where in busy or self.sequencer.held(where) > 0)
+        exit_waiting = self.gates.exit_point.waiting() if self.gates.exit_point is not None else set()
+        self._applier.parked.closing = frozenset(self.barriers.waiting) | exit_waiting
 
     def account(self, report: ApplyReport) -> None:
         """Count what was applied, passed over and refused; record conflicts."""
+        if report.parked is not None:
+            self.parked = report.parked
+            self._metrics.parked_changes.set(len(self.parked))
         for op, count in report.applied.items():
             self._metrics.events_applied.labels(op).inc(count)
         for reason, count in report.passed_over.items():
@@ -322,14 +327,6 @@ class Replay:
             self._conflict_log.warning("conflict: destination left as it is", **describe(conflict))
             if self._recorder is not None:
                 self._call(lambda: self._recorder.record(conflict), "recording a conflict")  # type: ignore[union-attr]
-
-    def _received_of(self, batch: Batch, event: Event) -> Received:
-        """The message an event came in (for a dead letter): in this batch, or held since an earlier one."""
-        for received in batch.applying():
-            if received.where == event.where and received.offset == event.offset:
-                return received
-        return Received(event.topic, event.partition, event.offset, event.offset, None,
-                        bson.encode(event.fields, codec_options=EVENT_CODEC_OPTIONS), [], {}, [event])
 
     def _complete_through(self, topic: str, partition: int) -> Timestamp | None:
         """Up to where every change of this partition is applied or held here: known first-hand for partitions of
@@ -371,6 +368,8 @@ class Replay:
     def _save(self, saved: list[PartitionPosition]) -> None:
         if not saved:
             return
+        firsts = first_parked(self.parked)
+        saved = [before_parked(p, firsts.get((p.topic, p.partition))) for p in saved]
         self._call(lambda: self._store.save(saved), "saving the consumer checkpoint")
         self._commit(saved)
         newest = max((p.ts for p in saved if p.ts is not None), default=None)
@@ -390,6 +389,8 @@ class Replay:
 
     def forget(self, where: PartitionKey) -> None:
         self.intake.forget(where)
+        self._applier.parked.drop(where)
+        self.parked = [event for event in self.parked if event.where != where]
         self.partitions.forget(where)
         self.sequencer.forget(where)
         self.barriers.forget(where)

@@ -102,8 +102,8 @@ class ConsumerRun:
         def has_unique_index(ns: str) -> bool:
             return self._call(lambda: unique_indexes(ns), "reading the indexes")
 
-        applier = Applier(self.destination, settings.private_databases, settings.policy, dead_letters is not None,
-                          has_unique_index)
+        applier = self._applier = Applier(self.destination, settings.private_databases, settings.policy,
+                                          dead_letters is not None, has_unique_index)
         barriers = Barriers(BarrierStore(state_db["ddl_barrier"], settings.subscription.group_id), settings.policy.ddl,
                             Subscription(settings.subscription.topic, settings.subscription.topic_pattern),
                             self._apply_barrier, self._call)
@@ -111,14 +111,12 @@ class ConsumerRun:
                       DelayGate(settings.policy.target_delay_s))
         recorder = (ConflictRecorder(self.destination, problems.conflict_db)
                     if problems.conflict_write_to is ConflictTarget.DB else None)
-        self._applier = applier
-        return Replay(settings, self.consumer, self.store, Partitions(),
-                      Sequencer(has_unique_index), barriers,
-                      gates, applier, dead_letters, recorder, self.metrics, self._call, self._partition_count)
+        return Replay(settings, self.consumer, self.store, Partitions(), Sequencer(has_unique_index), barriers, gates,
+                      applier, dead_letters, recorder, self.metrics, self._call, self._partition_count)
 
     def _apply_barrier(self, received: Received) -> None:
         """The DDL of a barrier every partition reached, applied once."""
-        report = self._call(lambda: self._applier.apply(received.events), "applying DDL")
+        report = self._call(lambda: self._applier.apply(received.events, carry_parked=False), "applying DDL")
         self._unique_indexes.forget()  # a collection or index created or dropped: which are ordered may change
         self.replay.account(report)
         for rejection in report.rejected:
@@ -355,7 +353,8 @@ class ConsumerRun:
         assert exit_point is not None
         partitions = self.replay.partitions
         assigned = [(tp.topic, tp.partition) for tp in self.consumer.assignment()]
-        if not self.replay.sequencer.held() and exit_point.finished(assigned, partitions.watermark):
+        unwritten = self.replay.sequencer.held() + len(self.replay.parked)
+        if not unwritten and exit_point.finished(assigned, partitions.watermark):
             log.info("exit point reached: the producer had published every change at or before it, and every one "
                      "is applied and committed", extra={"exit_at": headers.position_text(exit_point.exit_at)})
             return True
@@ -365,7 +364,8 @@ class ConsumerRun:
             behind = [f"{t}/{p}" for t, p in assigned
                       if not exit_point.partition_finished((t, p), partitions.watermark((t, p)))]
             log.info("waiting for the exit point: these partitions have not yet applied a watermark at or after it "
-                     "(is the producer running and past it?)", extra={"partitions": behind[:20]})
+                     "(is the producer running and past it?), or changes wait to be written",
+                     extra={"partitions": behind[:20], "changes_unwritten": unwritten})
         return False
 
     # ------------------------------------------------------------------------------------------ endpoints

@@ -143,7 +143,7 @@ def collapse_converging_writes(window: list[Write], state: dict[str, Any], resul
     """Converging changes (read again after a crash, or overlapping a copy) of a collection with a unique index,
     written as each document's final state: the destination may hold any later state of them, and replaying
     them one by one could refuse a value another document holds there only until a later change of the window
-    moves it (the applier then writes the window's final states still to come together, window_rewrite). Deletes
+    moves it (the applier then writes the window's final states still to come together, duplicate_keys). Deletes
     go first."""
     applied: dict[str, list[Write]] = {}
     for w in window:

@@ -14,6 +14,7 @@ from bson.raw_bson import RawBSONDocument
 from kafkashake.consumer.decoder import Event
 from kafkashake.consumer.intake import Received
 from kafkashake.consumer.checkpoint import PartitionPosition, WriteAhead
+from kafkashake.consumer.parked import before_parked, first_parked
 from kafkashake.consumer.partitions import Partitions, PartitionState
 from kafkashake.consumer.sequencer import FirstHeld, Sequencer
 from kafkashake.oplog.entry import Operation
@@ -204,6 +205,18 @@ def test_a_replay_window_is_read_to_its_end_before_it_is_gated() -> None:
     assert not partitions.window_unread([received(0, 7, ("i", 3, "d.u"))])
     partitions.windows_read()
     assert not partitions.window_unread([]), "once handled, a partition held back later is not waited for"
+
+
+def test_a_checkpoint_stays_before_the_first_parked_event_of_its_partition() -> None:
+    """Read again after a restart, a parked event is replayed, not skipped; a message in fragments is read again
+    from its first."""
+    saved = PartitionPosition("t", 0, 20, None, applied_through=(20, 0), done_through=(20, 0))
+    parked = [Event({}, "t", 0, 15, 0), Event({}, "t", 0, 12, 1, first_offset=10), Event({}, "t", 1, 3, 0)]
+    firsts = first_parked(parked)
+    assert {where: event.position for where, event in firsts.items()} == {("t", 0): (12, 1), ("t", 1): (3, 0)}
+    held = before_parked(saved, firsts[("t", 0)])
+    assert (held.offset, held.done_through, held.applied_through) == (9, (12, 0), (20, 0))
+    assert before_parked(saved, None) is saved
 
 
 def test_a_message_applied_in_part_at_the_exit_point_is_not_applied_twice_when_read_again() -> None:
