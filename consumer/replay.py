@@ -26,6 +26,7 @@ from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 from kafkashake.consumer.applier import Applier, Prepared
 from kafkashake.consumer.apply_report import ApplyReport
 from kafkashake.consumer.barrier import Barriers
+from kafkashake.consumer.batch import Batch, Pending
 from kafkashake.consumer.checkpoint import ConsumerCheckpointStore, PartitionPosition
 from kafkashake.consumer.conflicts import ConflictRecorder, describe
 from kafkashake.consumer.dead_letters import UNDECODABLE, DeadLetters
@@ -44,37 +45,7 @@ from kafkashake.runtime.logs import RateLimitedLog
 log = logging.getLogger("kafkashake.consumer")
 # Checkpoints of the group's other instances are read at most this often.
 WATERMARKS_REFRESH_S = 0.1
-
-
-@dataclass
-class Batch:
-    """What one poll brought: messages to apply, messages moved past, partitions held."""
-
-    to_apply: list[Received] = field(default_factory=list)
-    # Messages whose events are applied in part (up to the exit point): their partitions stay before them.
-    partly: list[Received] = field(default_factory=list)
-    passed: list[Received] = field(default_factory=list)
-    held: set[PartitionKey] = field(default_factory=set)
-
-    def applying(self) -> list[Received]:
-        return self.to_apply + self.partly
-
-    def partitions(self) -> set[PartitionKey]:
-        return {received.where for received in self.to_apply + self.partly + self.passed} | self.held
-
-
-@dataclass
-class Pending:
-    """A batch's events prepared for the writer, then handed to it, and the checkpoint to save once its write is
-    done."""
-
-    batch: Batch
-    prepared: Prepared | None
-    checkpoint: list[PartitionPosition]
-    # Partitions with messages in the batch or events in its write (the sequencer releases events of others).
-    busy: set[PartitionKey]
-    marking: Future[None] | None = None
-    written: Future[ApplyReport] | None = None
+REPLAY_WINDOW_BATCHES = 10
 
 
 @dataclass
@@ -112,6 +83,8 @@ class Replay:
         # whenever the previous batch settles, also when gating stops on an error and the consumer closes.
         self._gating: Batch | None = None
         self._stashed: list[Received] = []
+        # A longer window (a checkpoint kept before parked events) goes in parts: parking carries what they refuse.
+        self._window_max = REPLAY_WINDOW_BATCHES * settings.subscription.batch_max_messages
         self._conflict_log = RateLimitedLog(logging.getLogger("kafkashake.consumer.conflicts"))
         self._saved_watermarks: dict[str, tuple[float, dict[int, PartitionPosition]]] = {}
         self.parked: list[Event] = []  # as the last write left them (consumer/parked.py)
@@ -129,7 +102,7 @@ class Replay:
             received = self.intake.take(message)
             if received is not None:  # else a fragment: the rest of its value is still to come
                 taken.append(received)
-        if not window_read and self.partitions.window_unread(taken):
+        if not window_read and len(taken) < self._window_max and self.partitions.window_unread(taken):
             self._stashed = taken
             return
         self.partitions.windows_read()
