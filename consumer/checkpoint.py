@@ -103,11 +103,13 @@ class ConsumerCheckpointStore:
         of as new changes (an insert over the document it wrote, an update of a document a later change deleted)."""
         if not marks:
             return
+        now = _dt.datetime.now(tz=_dt.timezone.utc)  # the consumer is running (kafkashake verify --live)
         self._collection.bulk_write(
             [
                 UpdateOne(
                     {"_id": self._key(m.topic, m.partition)},
-                    {"$set": {"writing_through": {"through": list(m.through), "topic_id": m.topic_id}},
+                    {"$set": {"writing_through": {"through": list(m.through), "topic_id": m.topic_id},
+                              "updated_at": now},
                      "$setOnInsert": {"group": self._group, "topic": m.topic, "partition": m.partition,
                                       "offset": m.resume_offset, "topic_id": m.topic_id}},
                     upsert=True,

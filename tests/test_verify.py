@@ -176,8 +176,8 @@ def test_live_mode_reports_no_difference_in_flight_and_then_a_real_one(source, d
     try:
         wait_until(lambda: client(destination)["live"]["stream"].count_documents({}) > 50, 120, "replication runs")
         # Documents are visible a moment before the batch that wrote them is checkpointed.
-        wait_until(lambda: client(destination)["kafkashake"]["consumer_checkpoint"].find_one({"group": group}), 60,
-                   "the consumer's first checkpoint")
+        wait_until(lambda: client(destination)["kafkashake"]["consumer_checkpoint"].find_one(
+            {"group": group, "watermark": {"$ne": None}}), 60, "the consumer's first checkpoint (not only a write-ahead mark)")
         live = verify(source, destination, "--filter-namespace-white", "live", "--live", "--group", group)
         assert live.returncode == 0, live.stdout + live.stderr
         assert "live recheck" in live.stdout or "EQUAL" in live.stdout
