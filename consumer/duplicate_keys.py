@@ -58,9 +58,10 @@ class DuplicateKeys:
             return [later for later in window if later.key != write.key] + [write] + along + after
         if write.collapsed and all(later.collapsed for later in rest) and self._parked.may_park(write.event):
             if self._parked.park(collection.full_name, write.key, [*write.along, write.event]):
-                log.info("a converging change waits for a later one to free a unique value: written again with the next "
-                         "batch", extra={"ns": collection.full_name, "index": index_name,
-                                         "kafka": where_in_kafka(write.event)})
+                log.warning("a converging change waits for a later one to free a unique value: its document is not in "
+                            "the destination until then (written again with each batch; kafkashake_consumer_parked_"
+                            "changes counts them)", extra={"ns": collection.full_name, "index": index_name,
+                                                           "kafka": where_in_kafka(write.event)})
         else:
             report.conflicts.append(_conflict(write, error, index_name))
         return rest

@@ -44,7 +44,7 @@ from kafkashake.runtime.logs import RateLimitedLog
 
 log = logging.getLogger("kafkashake.consumer")
 # Checkpoints of the group's other instances are read at most this often.
-WATERMARKS_REFRESH_S = 0.1
+WATERMARKS_REFRESH_S = 0.02
 REPLAY_WINDOW_BATCHES = 10
 
 
@@ -283,8 +283,23 @@ class Replay:
             busy |= self._pending.busy
         busy |= {event.where for event in self.parked}  # its parked events are written before its barrier's DDL
         self.barriers.record_arrivals(lambda where: where in busy or self.sequencer.held(where) > 0)
-        exit_waiting = self.gates.exit_point.waiting() if self.gates.exit_point is not None else set()
-        self._applier.parked.closing = frozenset(self.barriers.waiting) | exit_waiting
+        self._applier.parked.closing = self._closing()
+
+    def _closing(self) -> frozenset[PartitionKey]:
+        """Partitions whose parked events get their last try, as every change that could free their values is
+        written (nothing is held for source order): those whose topic is written past the end of the copy's overlap,
+        and those waiting at a DDL barrier or the exit point with every partition of their topic here waiting too."""
+        if self.sequencer.held() or not self.parked:
+            return frozenset()
+        waiting = set(self.barriers.waiting) | (self.gates.exit_point.waiting() if self.gates.exit_point else set())
+        closing = {where for where in waiting
+                   if all(other in waiting for other, _ in self.partitions.items() if other[0] == where[0])}
+        for where in {event.where for event in self.parked} - closing:
+            until = self.gates.overlap.until.get(where)
+            marks = [self._complete_through(where[0], k) for k in range(self._partition_count(where[0]))]
+            if until is not None and all(mark is not None and mark > until for mark in marks):
+                closing.add(where)
+        return frozenset(closing)
 
     def account(self, report: ApplyReport) -> None:
         """Count what was applied, passed over and refused; record conflicts."""

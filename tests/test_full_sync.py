@@ -1,8 +1,10 @@
 """Full sync end to end: existing data and indexes copied through Kafka, then streaming with no gap."""
 from __future__ import annotations
 
+import re
 import threading
 import time
+import urllib.request
 from typing import Any
 
 import bson
@@ -10,7 +12,7 @@ import pytest
 from bson import ObjectId
 from pymongo import ASCENDING, DESCENDING, MongoClient
 
-from conftest import client, consumer_args, discard, producer_args, unique, wait_until
+from conftest import client, consumer_args, discard, endpoint_url, producer_args, unique, wait_until
 from kafkashake.demo import workload
 from kafkashake.schemas import headers
 from test_pipeline import read_topic, wait_equal
@@ -228,3 +230,31 @@ def test_without_drop_existing_a_copy_inserts_or_replaces_and_leaves_other_docum
     assert sorted(d["_id"] for d in dst.items.find({"v": {"$ne": "stale"}})) == list(range(100))
     assert "conflict:" not in consumer.log()
     assert consumer.terminate() == 0
+
+
+def consumer_metric(process, series: str) -> float:
+    text = urllib.request.urlopen(endpoint_url(process.log(), "/metrics"), timeout=10).read().decode()
+    found = re.search(rf"^{re.escape(series)} (\S+)$", text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+def test_a_copied_value_only_the_destination_holds_is_a_conflict_once_the_copy_overlap_is_written(
+        source, destination, brokers, cli) -> None:
+    """A copied document the unique index refuses is parked while a later change could free its value; once the
+    stream is past the copy and nothing did, it is a duplicate_key conflict, not a document silently missing."""
+    name = unique("held")
+    src, dst = client(source)[name]["u"], client(destination)[name]["u"]
+    for collection in (src, dst):
+        collection.create_index("x", unique=True)
+    src.insert_many([{"_id": "A", "x": 1}, {"_id": "B", "x": 2}])
+    dst.insert_one({"_id": "Z", "x": 1})  # only the destination has it
+    topic = unique("held")
+    producer = cli(*producer_args(source, brokers, topic, "--sync-mode", "all"), name="producer").start()
+    consumer = cli(*consumer_args(destination, brokers, topic, "--conflict-write-to", "db"), name="consumer").start()
+    conflicts = 'kafkashake_consumer_conflicts_total{kind="duplicate_key"}'
+    wait_until(lambda: "/status" in consumer.log(), 60, "the consumer's endpoint")
+    wait_until(lambda: consumer_metric(consumer, conflicts) == 1, 120, "the refused copy to become a conflict")
+    assert "waits for a later one to free a unique value" in consumer.log(), "parked first"
+    assert consumer_metric(consumer, "kafkashake_consumer_parked_changes") == 0
+    assert sorted(dst.find(), key=lambda d: d["_id"]) == [{"_id": "B", "x": 2}, {"_id": "Z", "x": 1}]
+    assert producer.terminate() == 0 and consumer.terminate() == 0, consumer.log()
