@@ -34,7 +34,7 @@ from kafkashake.consumer.decoder import Event
 from kafkashake.consumer.gates import CopyOverlap, DelayGate, ExitGate, Verdict
 from kafkashake.consumer.intake import Intake, PartitionKey, Received, message_of
 from kafkashake.consumer.metrics import ConsumerMetrics
-from kafkashake.consumer.parked import before_parked, first_parked
+from kafkashake.consumer.parked import before_parked, dropped_namespaces, first_parked, touches
 from kafkashake.consumer.partitions import Partitions
 from kafkashake.consumer.sequencer import Sequencer
 from kafkashake.consumer.settings import ConsumerSettings
@@ -281,17 +281,20 @@ class Replay:
         busy = set() if self._gating is None else self._gating.partitions()
         if self._pending is not None:
             busy |= self._pending.busy
-        busy |= {event.where for event in self.parked}  # its parked events are written before its barrier's DDL
+        # A DDL that drops or renames a collection waits for the collection's parked events: their last try
+        dropping = self._applier.parked.closing_namespaces = frozenset(
+            ns for arrival in self.barriers.waiting.values() for ns in dropped_namespaces(arrival.received.events))
+        busy |= {event.where for event in self.parked if touches(event.ns, dropping)}
         self.barriers.record_arrivals(lambda where: where in busy or self.sequencer.held(where) > 0)
         self._applier.parked.closing = self._closing()
 
     def _closing(self) -> frozenset[PartitionKey]:
         """Partitions whose parked events get their last try, as every change that could free their values is
         written (nothing is held for source order): those whose topic is written past the end of the copy's overlap,
-        and those waiting at a DDL barrier or the exit point with every partition of their topic here waiting too."""
+        and those waiting at the exit point with every partition of their topic here waiting too."""
         if self.sequencer.held() or not self.parked:
             return frozenset()
-        waiting = set(self.barriers.waiting) | (self.gates.exit_point.waiting() if self.gates.exit_point else set())
+        waiting = self.gates.exit_point.waiting() if self.gates.exit_point else set()
         closing = {where for where in waiting
                    if all(other in waiting for other, _ in self.partitions.items() if other[0] == where[0])}
         for where in {event.where for event in self.parked} - closing:

@@ -14,7 +14,7 @@ from bson.raw_bson import RawBSONDocument
 from kafkashake.consumer.decoder import Event
 from kafkashake.consumer.intake import Received
 from kafkashake.consumer.checkpoint import PartitionPosition, WriteAhead
-from kafkashake.consumer.parked import before_parked, first_parked
+from kafkashake.consumer.parked import before_parked, dropped_namespaces, first_parked, touches
 from kafkashake.consumer.partitions import Partitions, PartitionState
 from kafkashake.consumer.sequencer import FirstHeld, Sequencer
 from kafkashake.oplog.entry import Operation
@@ -217,6 +217,20 @@ def test_a_checkpoint_stays_before_the_first_parked_event_of_its_partition() -> 
     held = before_parked(saved, firsts[("t", 0)])
     assert (held.offset, held.done_through, held.applied_through) == (9, (12, 0), (20, 0))
     assert before_parked(saved, None) is saved
+
+
+def test_only_ddl_that_drops_or_moves_documents_closes_their_parked_events() -> None:
+    def command(ns: str, body: dict) -> Event:
+        return Event({"op": "c", "ns": ns, "o": body}, "t", 0, 1)
+
+    events = [command("shop.$cmd", {"drop": "orders"}),
+              command("admin.$cmd", {"renameCollection": "shop.a", "to": "shop.b"}), command("old.$cmd", {"dropDatabase": 1}),
+              command("shop.$cmd", {"createIndexes": "items", "indexes": []}),
+              Event({"op": "n", "ns": "", "o": {"msg": "barrier"}}, "t", 0, 2)]
+    dropped = frozenset(dropped_namespaces(events))
+    assert dropped == {"shop.orders", "shop.a", "old"}
+    assert [touches(ns, dropped) for ns in ("shop.orders", "shop.a", "shop.b", "old.x", "shop.items")] == [
+        True, True, False, True, False]
 
 
 def test_a_message_applied_in_part_at_the_exit_point_is_not_applied_twice_when_read_again() -> None:
