@@ -156,11 +156,15 @@ class Sequencer:
         for (topic, partition), state in self._partitions.items():
             if not state.held:
                 continue
-            others = [complete_through(topic, other) for other in range(partition_count(topic)) if other != partition]
-            if any(mark is None for mark in others):
+            marks = {other: complete_through(topic, other) for other in range(partition_count(topic)) if other != partition}
+            if any(mark is None for mark in marks.values()):
                 continue
-            horizon = min(others) if others else None  # type: ignore[type-var]
-            while state.held and (horizon is None or state.held[0].event.fields["ts"] <= horizon):
+            # Changes of one source time (a transaction's, or a copy's documents) apply in partition order: one waits
+            # for that time only in the partitions before its own, else two instances holding some would wait for
+            # each other for ever (each one's saved watermark stays before its own oldest held change).
+            before = min((mark for other, mark in marks.items() if other < partition), default=None)
+            after = min((mark for other, mark in marks.items() if other > partition), default=None)
+            while state.held and _due(state.held[0].event.fields["ts"], before, after):  # type: ignore[arg-type]
                 event = state.held.popleft().event
                 candidates.append((event.fields["ts"], (topic, partition), event.offset, event.index, event))
         return [candidate[-1] for candidate in heapq.nsmallest(len(candidates), candidates,
@@ -200,3 +204,9 @@ class Sequencer:
 
     def forget(self, where: PartitionKey) -> None:
         self._partitions.pop(where, None)
+
+
+def _due(ts: Timestamp, before: Timestamp | None, after: Timestamp | None) -> bool:
+    """Whether a held change at `ts` may apply, given how far the partitions before and after its own are
+    complete."""
+    return (before is None or ts <= before) and (after is None or position.predecessor(ts) <= after)

@@ -17,6 +17,7 @@ from kafkashake.consumer.checkpoint import PartitionPosition, WriteAhead
 from kafkashake.consumer.parked import before_parked, dropped_namespaces, first_parked, touches
 from kafkashake.consumer.partitions import Partitions, PartitionState
 from kafkashake.consumer.sequencer import FirstHeld, Sequencer
+from kafkashake.oplog import position
 from kafkashake.oplog.entry import Operation
 from kafkashake.producer.progress import SyncProgress
 from kafkashake.producer.raw_batches import RawBatches
@@ -149,6 +150,25 @@ def test_ordered_collections_apply_in_source_order_across_partitions() -> None:
     sequencer.saw(("t", 0), Timestamp(100, 8))
     assert [e.fields["ts"].inc for e in sequencer.release(complete, lambda topic: 2)] == [7]
     assert sequencer.held() == 0
+
+
+def test_two_instances_holding_changes_of_one_source_time_do_not_wait_for_each_other() -> None:
+    """A copy's documents (or a transaction's changes) share one source time. Each instance's saved watermark stays
+    before its oldest held change, so waiting for the other's to reach that time would wait for ever: the partition
+    after goes once the partitions before it are through."""
+    first, second = Sequencer(lambda ns: True), Sequencer(lambda ns: True)
+    first.take([received(0, 5, ("i", 3, "d.unique"))], lambda ns: ns)
+    second.take([received(1, 9, ("i", 3, "d.unique"))], lambda ns: ns)
+
+    def saved(sequencer: Sequencer, partition: int) -> Timestamp | None:
+        held = sequencer.first_held(("t", partition))
+        through = sequencer.through(("t", partition))
+        return through if held is None else min(through, position.predecessor(held.ts))  # type: ignore[type-var]
+
+    assert second.release(lambda topic, k: saved(first, k), lambda topic: 2) == [], "partition 0 goes first"
+    assert [e.partition for e in first.release(lambda topic, k: saved(second, k), lambda topic: 2)] == [0]
+    first.saw(("t", 0), Timestamp(100, 3))  # applied, and a later watermark read
+    assert [e.partition for e in second.release(lambda topic, k: saved(first, k), lambda topic: 2)] == [1]
 
 
 def test_a_restart_skips_what_was_applied_and_replays_the_rest_convergently() -> None:
