@@ -9,14 +9,15 @@
 - Refused on another unique index than `_id`: tried again after the writes that may free its value (the others of
   its source time, as a transaction's changes may come in another order than the source applied them, or of its
   window).
-- A window's final state refused again while the window may go on in a later batch: parked (consumer/parked.py).
+- A window's final state refused again: left to the document's next change in the batch if it has one, else parked
+  while the window may go on in a later batch (consumer/parked.py).
 - Anything else is a conflict: the destination is left as it is."""
 from __future__ import annotations
 
 import logging
 from typing import Any
 
-from pymongo import MongoClient
+from pymongo import MongoClient, ReplaceOne
 from pymongo.collection import Collection
 from pymongo.errors import DuplicateKeyError, OperationFailure
 
@@ -56,7 +57,10 @@ class DuplicateKeys:
             window, after = rest[: freeing[-1] + 1], rest[freeing[-1] + 1:]
             along = [later for later in window if later.key == write.key]
             return [later for later in window if later.key != write.key] + [write] + along + after
-        if write.collapsed and all(later.collapsed for later in rest) and self._parked.may_park(write.event):
+        own_later = next((later for later in rest if later.key == write.key), None)
+        if write.collapsed and own_later is not None:
+            _fold_into(write, own_later)
+        elif write.collapsed and all(later.collapsed for later in rest) and self._parked.may_park(write.event):
             if self._parked.park(collection.full_name, write.key, [*write.along, write.event]):
                 log.warning("a converging change waits for a later one to free a unique value: its document is not in "
                             "the destination until then (written again with each batch; kafkashake_consumer_parked_"
@@ -88,6 +92,15 @@ class DuplicateKeys:
                                              duplicate_index_name(details)))
             return
         report.written([write])
+
+
+def _fold_into(refused: Write, later: Write) -> None:
+    """A window's refused final state is left to the document's next change in the batch, which writes its whole
+    state (creating the document if need be) or deletes it: the value may be free by then, the document having
+    moved on (a replayed window ends at another time in each partition)."""
+    later.along = [*refused.along, refused.event, *later.along]
+    if isinstance(later.request, ReplaceOne) and later.replacement is not None:
+        later.request = ReplaceOne({"_id": later.document_id}, later.replacement, upsert=True)
 
 
 def _conflict(write: Write, error: dict, index_name: str | None) -> Conflict:

@@ -307,6 +307,9 @@ class Replay:
     def account(self, report: ApplyReport) -> None:
         """Count what was applied, passed over and refused; record conflicts."""
         if report.parked is not None:
+            for where in {event.where for event in self.parked + report.parked}:
+                if where in self.partitions:
+                    self.partitions[where].changed = True  # its checkpoint moves on (or stays) with its parked events
             self.parked = report.parked
             self._metrics.parked_changes.set(len(self.parked))
         for op, count in report.applied.items():
@@ -382,6 +385,7 @@ class Replay:
         self.intake.forget(where)
         self._applier.parked.drop(where)
         self.parked = [event for event in self.parked if event.where != where]
+        self._metrics.parked_changes.set(len(self.parked))
         self.partitions.forget(where)
         self.sequencer.forget(where)
         self.barriers.forget(where)

@@ -43,6 +43,8 @@ class Write:
     collapsed: bool = False
     along: list[Event] = field(default_factory=list)
     final_state: Any = None
+    # The document an update's replacement writes (planned updates only).
+    replacement: Any = None
 
     @classmethod
     def of(cls, event: Event) -> "Write":
@@ -181,7 +183,8 @@ def _plan_update(w: Write, state: dict[str, Any], policy: ReplayPolicy, result: 
             return
         current = dict(w.event.fields["o2"])  # what an upsert of this update would start from
     if _apply_in_memory(w, current, state, result):
-        w.request = ReplaceOne({"_id": w.document_id}, state[w.key], upsert=policy.upsert)
+        w.replacement = state[w.key]
+        w.request = ReplaceOne({"_id": w.document_id}, w.replacement, upsert=policy.upsert)
 
 
 def _pass_over_missing(w: Write, result: Plan) -> None:

@@ -334,3 +334,19 @@ def test_a_parked_state_still_refused_once_its_window_ends_is_a_conflict(shared_
     assert [(c.kind, c.event.offset) for c in ended.conflicts] == [("duplicate_key", 1)] and ended.parked == []
     expected = [{"_id": "Z", "x": 1}] + ([{"_id": "W", "x": 5}] if window_ends_with.startswith("a change") else [])
     assert list(collection.find(sort=[("_id", 1)])) == sorted(expected, key=lambda d: d["_id"])
+
+
+def test_a_refused_final_state_is_left_to_the_documents_next_change(shared_mongo) -> None:
+    """A replayed window ends at another source time in each partition: X's document here may be newer than Y's
+    final state in the window and hold its value, which Y's next change (not replayed) frees."""
+    mongo = client(shared_mongo)
+    collection = mongo[unique("foldlater")].get_collection("u", codec_options=EXACT)
+    collection.create_index("x", unique=True)
+    collection.insert_one({"_id": "X", "x": 1})
+    applier = Applier(mongo, frozenset(), has_unique_index=lambda ns: True)
+    ns = collection.full_name
+    replayed_insert = copy_overlap_event(ns, 1, "i", "Y", 1, converge=False)
+    replayed_insert.replayed = True
+    report = applier.apply([replayed_insert, copy_overlap_event(ns, 2, "u", "Y", 5, converge=False)])
+    assert not report.conflicts and report.parked == [] and report.applied == {"i": 1, "u": 1}
+    assert list(collection.find(sort=[("_id", 1)])) == [{"_id": "X", "x": 1}, {"_id": "Y", "x": 5}]
