@@ -127,7 +127,7 @@ class Applier:
 
     def apply(self, events: list[Event], carry_parked: bool = True) -> ApplyReport:
         """`carry_parked=False` for a DDL applied while a batch may be written: the parked events go with the batches
-        of changes (a partition's DDL waits for its parked events: consumer/replay.py)."""
+        of changes (a DDL that drops or renames their collection waits for them: consumer/replay.py)."""
         prepared = self.prepare(events)
         return self.write(prepared) if carry_parked else self._write(prepared, [])
 

@@ -75,7 +75,7 @@ class DuplicateKeys:
         """The refused final state and the window's others still to write, written together; the writes left."""
         together = [write] + [w for w in rest if w.collapsed]
         if not rewrite_together(self._client, collection, [w.document_id for w in together],
-                                [w.final_state for w in together if w.final_state is not None]):
+                                [w.replacement for w in together if w.replacement is not None]):
             return None
         report.written(together)
         return [w for w in rest if not w.collapsed]

@@ -297,11 +297,13 @@ class Replay:
         waiting = self.gates.exit_point.waiting() if self.gates.exit_point else set()
         closing = {where for where in waiting
                    if all(other in waiting for other, _ in self.partitions.items() if other[0] == where[0])}
-        for where in {event.where for event in self.parked} - closing:
-            until = self.gates.overlap.until.get(where)
-            marks = [self._complete_through(where[0], k) for k in range(self._partition_count(where[0]))]
-            if until is not None and all(mark is not None and mark > until for mark in marks):
-                closing.add(where)
+        parked = {event.where for event in self.parked} - closing
+        for topic in {topic for topic, _ in parked}:
+            marks = [self._complete_through(topic, k) for k in range(self._partition_count(topic))]
+            for where in parked:
+                until = self.gates.overlap.until.get(where)
+                if where[0] == topic and until is not None and all(mark is not None and mark > until for mark in marks):
+                    closing.add(where)
         return frozenset(closing)
 
     def account(self, report: ApplyReport) -> None:

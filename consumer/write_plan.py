@@ -42,8 +42,7 @@ class Write:
     # before `event` applied with it.
     collapsed: bool = False
     along: list[Event] = field(default_factory=list)
-    final_state: Any = None
-    # The document an update's replacement writes (planned updates only).
+    # The whole document a `ReplaceOne` writes: a collapsed window's final state, or a planned update's result.
     replacement: Any = None
 
     @classmethod
@@ -166,8 +165,8 @@ def collapse_converging_writes(window: list[Write], state: dict[str, Any], resul
         if state[key] is _ABSENT:
             final.request = DeleteOne({"_id": last.document_id})
         else:
-            final.final_state = state[key]
-            final.request = ReplaceOne({"_id": last.document_id}, final.final_state, upsert=True)
+            final.replacement = state[key]
+            final.request = ReplaceOne({"_id": last.document_id}, final.replacement, upsert=True)
         finals.append(final)
     result.writes += sorted(finals, key=lambda w: not isinstance(w.request, DeleteOne))
 

@@ -285,6 +285,16 @@ def test_final_states_written_together_leave_no_document_deleted_when_refused(st
         server.stop()
 
 
+def unique_indexed(shared_mongo, prefix: str, *documents: dict):  # type: ignore[no-untyped-def]
+    """A fresh collection with a unique index on `x` holding `documents`, and an applier that orders it."""
+    mongo = client(shared_mongo)
+    collection = mongo[unique(prefix)].get_collection("u", codec_options=EXACT)
+    collection.create_index("x", unique=True)
+    if documents:
+        collection.insert_many(list(documents))
+    return collection, Applier(mongo, frozenset(), has_unique_index=lambda ns: True)
+
+
 def copy_overlap_event(ns: str, offset: int, op: str, document: str, value: int, converge: bool = True) -> Event:
     """A copied document (insert) or a change overlapping the copy (update) setting the unique field `x`."""
     fields = {"ts": Timestamp(1000, offset), "op": op, "ns": ns}
@@ -299,10 +309,7 @@ def test_a_copy_taken_while_a_unique_value_moves_between_documents_converges(sha
     """The copy read X with x: 1, then X moved to 2 and Y took 1, then the copy read Y. Copied in one batch and
     their changes in the next: Y's copy is refused for X's value and parked, then written with Y's change, once X's
     frees the value."""
-    mongo = client(shared_mongo)
-    collection = mongo[unique("fuzzycopy")].get_collection("u", codec_options=EXACT)
-    collection.create_index("x", unique=True)
-    applier = Applier(mongo, frozenset(), has_unique_index=lambda ns: True)
+    collection, applier = unique_indexed(shared_mongo, "fuzzycopy")
     ns = collection.full_name
 
     copied = applier.apply([copy_overlap_event(ns, 1, "i", "X", 1), copy_overlap_event(ns, 2, "i", "Y", 1)])
@@ -316,11 +323,7 @@ def test_a_copy_taken_while_a_unique_value_moves_between_documents_converges(sha
 @pytest.mark.parametrize("window_ends_with", ["a change that does not converge", "its partition closing"])
 def test_a_parked_state_still_refused_once_its_window_ends_is_a_conflict(shared_mongo, window_ends_with: str) -> None:
     """A document only the destination has holds the copied value: no change of the window frees it."""
-    mongo = client(shared_mongo)
-    collection = mongo[unique("parkedconflict")].get_collection("u", codec_options=EXACT)
-    collection.create_index("x", unique=True)
-    collection.insert_one({"_id": "Z", "x": 1})
-    applier = Applier(mongo, frozenset(), has_unique_index=lambda ns: True)
+    collection, applier = unique_indexed(shared_mongo, "parkedconflict", {"_id": "Z", "x": 1})
     ns = collection.full_name
 
     copied = applier.apply([copy_overlap_event(ns, 1, "i", "Y", 1)])
@@ -339,11 +342,7 @@ def test_a_parked_state_still_refused_once_its_window_ends_is_a_conflict(shared_
 def test_a_refused_final_state_is_left_to_the_documents_next_change(shared_mongo) -> None:
     """A replayed window ends at another source time in each partition: X's document here may be newer than Y's
     final state in the window and hold its value, which Y's next change (not replayed) frees."""
-    mongo = client(shared_mongo)
-    collection = mongo[unique("foldlater")].get_collection("u", codec_options=EXACT)
-    collection.create_index("x", unique=True)
-    collection.insert_one({"_id": "X", "x": 1})
-    applier = Applier(mongo, frozenset(), has_unique_index=lambda ns: True)
+    collection, applier = unique_indexed(shared_mongo, "foldlater", {"_id": "X", "x": 1})
     ns = collection.full_name
     replayed_insert = copy_overlap_event(ns, 1, "i", "Y", 1, converge=False)
     replayed_insert.replayed = True
