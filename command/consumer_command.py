@@ -25,6 +25,10 @@ SUBSCRIPTION = [
     Opt("checkpoint_db", str, "kafkashake", ("--checkpoint-db",), "Destination database of the consumer checkpoints."),
     Opt("batch_max_messages", int, 2000, ("--batch-max-messages",), "Most messages applied per batch.",
         extra={"min": 1}),
+    Opt("write_lanes", str, "auto", ("--write-lanes",), "Concurrent ordered bulk writes per collection (1-16), a "
+        "document's changes always in one. auto: measured while running (1, 2, 4 or 8, whichever the destination "
+        "takes fastest; the kafkashake_consumer_write_lanes gauge shows it). Collections with a unique index "
+        "besides _id always use one.", extra={"callback": options.lane_count}),
 ]
 POLICY = [
     Opt("ddl", bool, False, ("--ddl",), "Apply DDL events (create, drop, rename, dropDatabase, createIndexes, "
@@ -64,7 +68,7 @@ def consumer_settings(values: dict[str, Any]) -> ConsumerSettings:
     subscription = Subscription(values["topic"] or "", values["topic_pattern"] or "", values["group"] or "",
                                 values["batch_max_messages"])
     destination = Destination(options.uri_from(values["dest_uri"], values["dest_uri_file"], "--dest-uri"),  # type: ignore[arg-type]
-                              values["checkpoint_db"])
+                              values["checkpoint_db"], write_lanes=int(values["write_lanes"].replace("auto", "0")))
     problems = Problems(values["conflict_write_to"], values["conflict_db"], values["on_error"],
                         values["dead_letter_topic"] or "")
     return ConsumerSettings(options.kafka_settings(values), subscription, destination, policy, problems,

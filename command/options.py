@@ -235,3 +235,9 @@ def topic_pattern(value: Optional[str]) -> Optional[str]:
     except re.error as exc:
         raise typer.BadParameter(f"not a regular expression: {exc}") from exc
     return value if value.startswith("^") else "^" + value
+
+
+def lane_count(value: str) -> str:
+    if value != "auto" and not (value.isdigit() and 1 <= int(value) <= 16):
+        raise typer.BadParameter(f"{value!r}: give auto or a number from 1 to 16")
+    return value

@@ -3,7 +3,8 @@
 Within a batch, events are grouped into runs. A run's writes go out per namespace as ordered `bulk_write`s, so
 operations on one document keep their order: one for a collection with a unique index besides `_id` (its changes
 depend on each other), else one per lane, documents spread over the lanes by `_id`. Namespaces and lanes are written
-concurrently, so a distant destination costs one round trip per run, not one per namespace. Updates are computed in memory from the
+concurrently, so a distant destination costs one round trip per run, not one per namespace; how many lanes is
+measured (consumer/write_lanes.py) unless --write-lanes fixes it. Updates are computed in memory from the
 document as it stands (fetched once per run with `$in`, in chunks) and written as replacements: this reproduces
 mongod's diff semantics exactly and shows whether the document existed. Where a document's every change in the run
 is a diff that `$set`/`$unset` reproduce exactly (document_update.as_update_operators) and its collection has no
@@ -18,6 +19,7 @@ conflict."""
 from __future__ import annotations
 
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -36,6 +38,7 @@ from kafkashake.consumer.duplicate_keys import DuplicateKeys
 from kafkashake.consumer.parked import ParkedWrites
 from kafkashake.consumer.settings import ReplayPolicy
 from kafkashake.oplog.namespaces import command_target
+from kafkashake.consumer.write_lanes import FixedLanes, LaneTuner
 from kafkashake.consumer.write_plan import Lane, Write, id_chunks, ids_to_read, plan, plan_ahead
 from kafkashake.oplog.entry import CHANGE_STREAM_DDL, is_internal_namespace
 from kafkashake.runtime import mongo
@@ -50,8 +53,6 @@ log = logging.getLogger("kafkashake.consumer.applier")
 DUPLICATE_KEY_CODES = frozenset({11000, 11001})
 PASSED_OVER_REASONS = {"n": "noop", "c": "command", "invalidate": "invalidate", "kafkashake.gap": "history_gap",
                        **{kind: "command" for kind in CHANGE_STREAM_DDL}}
-# Concurrent ordered bulk writes per run (namespaces, and lanes of one namespace's documents).
-WRITE_LANES = 4
 
 
 @dataclass
@@ -76,6 +77,8 @@ class _Run:
         self.writes: dict[str, list[Write]] = defaultdict(list)
         self.inserted: set[tuple[str, str]] = set()
         self.lanes: list[Lane] | None = None
+        self.lane_count = 1
+        self.measured_writes = 0  # the writes the lane count applies to; 0 when no namespace may be split
 
     def __bool__(self) -> bool:
         return bool(self.writes)
@@ -100,15 +103,15 @@ class Applier:
         policy: ReplayPolicy = ReplayPolicy(),
         dead_letters: bool = True,
         has_unique_index: Callable[[str], bool] = lambda ns: True,
-        lanes: int = WRITE_LANES,
+        lanes: FixedLanes | LaneTuner | None = None,
     ) -> None:
         self._client = client
         self._private = private_databases
         self._policy = policy
         self._dead_letters = dead_letters
         self._has_unique_index = has_unique_index
-        self._lane_count = lanes
-        self._writers = ThreadPoolExecutor(lanes, thread_name_prefix="kafkashake-write")
+        self.lanes = lanes or LaneTuner()
+        self._writers = ThreadPoolExecutor(self.lanes.most(), thread_name_prefix="kafkashake-write")
         self.parked = ParkedWrites()
         self._duplicate_keys = DuplicateKeys(client, self.parked)
 
@@ -241,34 +244,40 @@ class Applier:
     def _lanes_of(self, run: _Run) -> list[Lane]:
         # Read once per run: the lanes of a namespace and their writes must agree on it.
         in_order = {ns: self._has_unique_index(ns) for ns in run.writes}
+        run.measured_writes = sum(len(writes) for ns, writes in run.writes.items() if not in_order[ns])
+        run.lane_count = self.lanes.for_run(run.measured_writes)
         lanes = [Lane(ns, writes, in_order[ns]) for ns, run_writes in run.writes.items()
-                 for writes in self._split(run_writes, in_order[ns])]
+                 for writes in self._split(run_writes, in_order[ns], run.lane_count)]
         for lane in lanes:
             plan_ahead(lane, self._collection(lane.ns).write_concern.acknowledged, self._policy)
         return lanes
 
     def _flush(self, run: _Run, report: ApplyReport) -> None:
         lanes = run.lanes if run.lanes is not None else self._lanes_of(run)
+        started = time.perf_counter()
         if len(lanes) == 1:
             self._write_lane(lanes[0], report)
-            return
-        lane_reports = [ApplyReport() for _ in lanes]
-        futures = [self._writers.submit(self._write_lane, lane, lane_report) for lane, lane_report in zip(lanes, lane_reports)]
-        for future in futures:
-            future.exception()  # every lane finishes before any error is raised
-        for future in futures:
-            future.result()
-        for lane_report in lane_reports:
-            report.merge(lane_report)
+        else:
+            lane_reports = [ApplyReport() for _ in lanes]
+            futures = [self._writers.submit(self._write_lane, lane, lane_report)
+                       for lane, lane_report in zip(lanes, lane_reports)]
+            for future in futures:
+                future.exception()  # every lane finishes before any error is raised
+            for future in futures:
+                future.result()
+            for lane_report in lane_reports:
+                report.merge(lane_report)
+        self.lanes.record(run.lane_count, run.measured_writes, time.perf_counter() - started)
 
-    def _split(self, writes: list[Write], in_source_order: bool) -> list[list[Write]]:
+    @staticmethod
+    def _split(writes: list[Write], in_source_order: bool, count: int) -> list[list[Write]]:
         """The lanes of one namespace's writes; a document's writes stay in one lane, in order. A collection with a
         unique index besides `_id` keeps one lane: its documents' changes depend on each other."""
-        if self._lane_count == 1 or len(writes) < 2 * self._lane_count or in_source_order:
+        if count == 1 or len(writes) < 2 * count or in_source_order:
             return [writes]
-        lanes: list[list[Write]] = [[] for _ in range(self._lane_count)]
+        lanes: list[list[Write]] = [[] for _ in range(count)]
         for write in writes:
-            lanes[hash(write.key) % self._lane_count].append(write)
+            lanes[hash(write.key) % count].append(write)
         return [lane for lane in lanes if lane]
 
     def _write_lane(self, lane: Lane, report: ApplyReport) -> None:

@@ -1,6 +1,8 @@
 """The consumer's Prometheus metrics."""
 from __future__ import annotations
 
+import json
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from kafkashake.consumer.conflicts import DUPLICATE_KEY, UPDATE_MISSING
@@ -45,6 +47,8 @@ class ConsumerMetrics:
             "kafkashake_consumer_parked_changes", "Changes of a copy or of a replayed window whose document a unique "
             "index refused for a value another document holds until a later change frees it: written again with "
             "each batch, their partitions' checkpoints kept before them.", registry=r)
+        self.write_lanes = Gauge("kafkashake_consumer_write_lanes", "Concurrent ordered bulk writes per collection "
+                                 "(--write-lanes; measured while running unless given).", registry=r)
         self.delay = Gauge("kafkashake_consumer_delay_seconds", "The target delay in force.", registry=r)
         self.checkpoint_ts = Gauge(
             "kafkashake_consumer_checkpoint_timestamp_seconds", "Source time of the newest checkpointed event.", registry=r
@@ -64,3 +68,15 @@ class ConsumerMetrics:
         Info("kafkashake_build", "Build and role.", registry=r).info(
             {"version": VERSION, "role": "consumer", "fetch_method": "", "format": ""}
         )
+
+    def read_statistics(self, document: str) -> None:
+        """librdkafka's statistics (every statistics.interval.ms) already hold each partition's lag in messages."""
+        try:
+            topics = json.loads(document).get("topics", {})
+        except ValueError:
+            return
+        for topic in topics.values():
+            for partition, values in topic.get("partitions", {}).items():
+                lag = values.get("consumer_lag", -1)
+                if partition != "-1" and lag >= 0:
+                    self.kafka_lag.labels(partition).set(lag)

@@ -2,7 +2,6 @@
 destination is behind."""
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -25,6 +24,7 @@ from kafkashake.consumer.partitions import Partitions
 from kafkashake.consumer.replay import Gates, Replay
 from kafkashake.consumer.sequencer import Sequencer, UniqueIndexes
 from kafkashake.consumer.settings import ConflictTarget, ConsumerSettings, OnError
+from kafkashake.consumer.write_lanes import write_lanes
 from kafkashake.runtime import mongo, secrets
 from kafkashake.runtime.errors import FatalError
 from kafkashake.runtime.http_api import ProcessEndpoint
@@ -71,7 +71,7 @@ class ConsumerRun:
                                                              or settings.subscription.topic_pattern, group=group),
                                         settings.process.startup_timeout_s)
         config = settings.kafka.client_config({**CONSUMER_DEFAULTS, "group.id": group,
-                                               "stats_cb": self._on_statistics, "on_commit": self._on_commit,
+                                               "stats_cb": self.metrics.read_statistics, "on_commit": self._on_commit,
                                                **self.kafka_health.client_options()})
         self._incremental = assignment.is_incremental(config)
         self.consumer = Consumer(config)
@@ -102,8 +102,9 @@ class ConsumerRun:
         def has_unique_index(ns: str) -> bool:
             return self._call(lambda: unique_indexes(ns), "reading the indexes")
 
+        lanes = write_lanes(settings.destination.write_lanes, self.metrics.write_lanes.set)
         applier = self._applier = Applier(self.destination, settings.private_databases, settings.policy,
-                                          dead_letters is not None, has_unique_index)
+                                          dead_letters is not None, has_unique_index, lanes)
         barriers = Barriers(BarrierStore(state_db["ddl_barrier"], settings.subscription.group_id), settings.policy.ddl,
                             Subscription(settings.subscription.topic, settings.subscription.topic_pattern),
                             self._apply_barrier, self._call)
@@ -317,18 +318,6 @@ class ConsumerRun:
             # The destination checkpoint already holds these positions: the next owner starts from there instead.
             self._kafka_warnings.warning("offset commit failed; the destination checkpoint covers it",
                                          error=str(error) if error is not None else "", partitions=failed[:8])
-
-    def _on_statistics(self, document: str) -> None:
-        """librdkafka's statistics (every statistics.interval.ms) already hold each partition's lag in messages."""
-        try:
-            topics = json.loads(document).get("topics", {})
-        except ValueError:
-            return
-        for topic in topics.values():
-            for partition, values in topic.get("partitions", {}).items():
-                lag = values.get("consumer_lag", -1)
-                if partition != "-1" and lag >= 0:
-                    self.metrics.kafka_lag.labels(partition).set(lag)
 
     # ------------------------------------------------------------------------------------------ control
 

@@ -60,6 +60,7 @@ class Destination:
     uri: Secret
     checkpoint_db: str = "kafkashake"
     checkpoint_collection: str = "consumer_checkpoint"
+    write_lanes: int = 0  # concurrent bulk writes per collection; 0: measured (consumer/write_lanes.py)
 
 
 @dataclass(frozen=True)

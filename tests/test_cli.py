@@ -113,3 +113,12 @@ def test_consumer_needs_exactly_one_valid_subscription(args: list[str]) -> None:
                              "--dest-uri", "mongodb://h:1", *args], capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "--topic" in result.stderr
+
+
+@pytest.mark.parametrize("lanes", ["0", "17", "many"])
+def test_write_lanes_are_auto_or_a_count(lanes: str) -> None:
+    result = subprocess.run([sys.executable, "-m", "kafkashake", "consumer", "run", "--brokers", "k:1", "--topic", "t",
+                             "--dest-uri", "mongodb://h:1", "--write-lanes", lanes],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "--write-lanes" in result.stderr and "auto or a number from 1 to 16" in result.stderr

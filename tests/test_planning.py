@@ -14,6 +14,7 @@ from kafkashake.consumer.decoder import Event
 from kafkashake.consumer.gates import CopyOverlap
 from kafkashake.consumer.intake import Received
 from kafkashake.consumer.settings import ReplayPolicy
+from kafkashake.consumer.write_lanes import FixedLanes, LaneTuner
 from kafkashake.consumer.write_plan import Write, ids_to_read, plan
 from kafkashake.producer.acknowledgements import AckQueue
 from kafkashake.schemas import snapshot
@@ -115,7 +116,7 @@ def test_a_batch_is_planned_ahead_up_to_its_first_ddl_without_reading_the_destin
     never_contacted = MongoClient("mongodb://127.0.0.1:9", connect=False)
     looked_up: list[str] = []
     applier = Applier(never_contacted, frozenset(), ReplayPolicy(ddl=True),
-                      has_unique_index=lambda ns: looked_up.append(ns) is None and False, lanes=2)
+                      has_unique_index=lambda ns: looked_up.append(ns) is None and False, lanes=FixedLanes(2))
     inserts = [_event("i", n, n) for n in range(8)]
     direct = [_event("u", n, 10 + n) for n in range(4)]
     needs_read = _event("u", 100, 20, {"$v": 2, "diff": {"sub": {"i": {"x": 1}}}})
@@ -159,3 +160,35 @@ def test_changes_up_to_the_copys_end_converge_and_later_ones_do_not() -> None:
 
 def _received(events: list[Event]) -> Received:
     return Received("t", 0, 0, 0, None, None, [], {}, events)
+
+
+def _tuned(tuner: LaneTuner, seconds_per_write: dict[int, float], runs: int) -> list[int]:
+    """Runs of 1,000 writes planned two at a time ahead of their writes, as the applier does."""
+    used, ahead = [], []
+    for _ in range(runs):
+        ahead.append(tuner.for_run(1_000))
+        if len(ahead) == 2:
+            lanes = ahead.pop(0)
+            tuner.record(lanes, 1_000, 1_000 * seconds_per_write[lanes])
+            used.append(lanes)
+    return used
+
+
+def test_the_lane_count_is_the_one_whose_runs_were_written_fastest_and_follows_the_destination() -> None:
+    shown: list[int] = []
+    tuner = LaneTuner(shown.append)
+    serialising = {1: 0.001, 2: 0.0012, 4: 0.0014, 8: 0.0016}
+    used = _tuned(tuner, serialising, 60)
+    assert tuner.chosen == 1 and shown == [4, 1]
+    assert sorted(set(used[:8])) == [1, 2, 4, 8] and set(used[10:40]) == {1}  # one run is planned ahead
+    parallel = {1: 0.004, 2: 0.002, 4: 0.001, 8: 0.0012}
+    _tuned(tuner, parallel, 400)
+    assert tuner.chosen == 4 and shown[-1] == 4
+
+
+def test_small_runs_and_close_rates_leave_the_lane_count_alone() -> None:
+    tuner = LaneTuner()
+    assert tuner.for_run(10) == tuner.chosen == 4
+    tuner.record(4, 10, 1.0)
+    _tuned(tuner, {1: 0.00098, 2: 0.00099, 4: 0.001, 8: 0.00101}, 60)
+    assert tuner.chosen == 4

@@ -1,0 +1,106 @@
+"""How many lanes (concurrent ordered bulk writes, consumer/applier.py) a run's documents are written in.
+
+A destination that serves concurrent writes in parallel (a mongod on several cores, or one a long round trip away)
+takes more documents per second in more lanes; one that serialises them, or whose disk is the limit, takes fewer,
+its lanes then contending with each other. Which it is depends on the deployment and its load, so by default the
+count is measured: large runs are written at the chosen count and, every so often, at the counts beside it on the
+ladder, interleaved, and the count whose runs were written fastest is kept. The first probe tries the whole ladder."""
+from __future__ import annotations
+
+import logging
+import statistics
+import threading
+from collections.abc import Callable
+
+log = logging.getLogger("kafkashake.consumer.write_lanes")
+
+LADDER = (1, 2, 4, 8)
+MEASURED_WRITES = 500  # a smaller run's time is mostly a round trip, whatever its lanes
+SETTLED_RUNS = 40  # measured runs at the chosen count between two probes
+PROBE_RUNS = 2  # measured runs per count in a probe
+BETTER_BY = 1.05  # a probed count replaces the chosen one if its runs went this much faster
+
+
+def write_lanes(fixed: int, on_change: Callable[[int], None]) -> FixedLanes | LaneTuner:
+    """--write-lanes: a count, or 0 for auto."""
+    if fixed:
+        on_change(fixed)
+        return FixedLanes(fixed)
+    return LaneTuner(on_change)
+
+
+class FixedLanes:
+    """--write-lanes N."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+
+    def most(self) -> int:
+        return self.count
+
+    def for_run(self, writes: int) -> int:
+        return self.count
+
+    def record(self, lanes: int, writes: int, seconds: float) -> None:
+        pass
+
+
+class LaneTuner:
+    """--write-lanes auto. `for_run` is asked while a run is planned, `record` told once it is written, possibly
+    from another thread and after later runs were planned."""
+
+    def __init__(self, on_change: Callable[[int], None] = lambda count: None, ladder: tuple[int, ...] = LADDER) -> None:
+        self._ladder = ladder
+        self._on_change = on_change
+        self._lock = threading.Lock()
+        self._chosen = ladder[len(ladder) // 2]
+        self._settled = 0
+        self._probe: dict[int, list[float]] = {count: [] for count in ladder}
+        self._planned: dict[int, int] = dict.fromkeys(ladder, 0)
+        on_change(self._chosen)
+
+    def most(self) -> int:
+        return max(self._ladder)
+
+    @property
+    def chosen(self) -> int:
+        return self._chosen
+
+    def for_run(self, writes: int) -> int:
+        with self._lock:
+            if writes < MEASURED_WRITES or not self._probe:
+                return self._chosen
+            count = min(self._probe, key=lambda c: (self._planned[c], len(self._probe[c]), c != self._chosen))
+            self._planned[count] += 1
+            return count
+
+    def record(self, lanes: int, writes: int, seconds: float) -> None:
+        if writes < MEASURED_WRITES or seconds <= 0:
+            return
+        with self._lock:
+            if self._probe:
+                if lanes in self._probe:
+                    self._probe[lanes].append(writes / seconds)
+                if all(len(rates) >= PROBE_RUNS for rates in self._probe.values()):
+                    self._decide()
+            elif lanes == self._chosen:
+                self._settled += 1
+                if self._settled >= SETTLED_RUNS:
+                    self._start_probe()
+
+    def _decide(self) -> None:
+        rates = {count: statistics.median(samples) for count, samples in self._probe.items()}
+        best = max(rates, key=rates.__getitem__)
+        if best != self._chosen and rates[best] >= BETTER_BY * rates.get(self._chosen, 0.0):
+            log.info("write lanes changed: the destination took writes fastest in this many lanes",
+                     extra={"lanes": best, "was": self._chosen,
+                            "writes_per_second": {count: round(rate) for count, rate in sorted(rates.items())}})
+            self._chosen = best
+            self._on_change(best)
+        self._probe, self._settled = {}, 0
+
+    def _start_probe(self) -> None:
+        at = self._ladder.index(self._chosen)
+        counts = self._ladder[max(at - 1, 0): at + 2]
+        self._probe = {count: [] for count in counts}
+        self._planned = dict.fromkeys(counts, 0)
