@@ -68,7 +68,7 @@ def consumer_settings(values: dict[str, Any]) -> ConsumerSettings:
     subscription = Subscription(values["topic"] or "", values["topic_pattern"] or "", values["group"] or "",
                                 values["batch_max_messages"])
     destination = Destination(options.uri_from(values["dest_uri"], values["dest_uri_file"], "--dest-uri"),  # type: ignore[arg-type]
-                              values["checkpoint_db"], write_lanes=int(values["write_lanes"].replace("auto", "0")))
+                              values["checkpoint_db"], write_lanes=0 if values["write_lanes"] == "auto" else int(values["write_lanes"]))
     problems = Problems(values["conflict_write_to"], values["conflict_db"], values["on_error"],
                         values["dead_letter_topic"] or "")
     return ConsumerSettings(options.kafka_settings(values), subscription, destination, policy, problems,

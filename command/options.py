@@ -238,6 +238,6 @@ def topic_pattern(value: Optional[str]) -> Optional[str]:
 
 
 def lane_count(value: str) -> str:
-    if value != "auto" and not (value.isdigit() and 1 <= int(value) <= 16):
+    if value != "auto" and not (value.isascii() and value.isdecimal() and 1 <= int(value) <= 16):
         raise typer.BadParameter(f"{value!r}: give auto or a number from 1 to 16")
     return value

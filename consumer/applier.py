@@ -53,6 +53,8 @@ log = logging.getLogger("kafkashake.consumer.applier")
 DUPLICATE_KEY_CODES = frozenset({11000, 11001})
 PASSED_OVER_REASONS = {"n": "noop", "c": "command", "invalidate": "invalidate", "kafkashake.gap": "history_gap",
                        **{kind: "command" for kind in CHANGE_STREAM_DDL}}
+# Bulk writes at once in all, the lanes of every namespace of a run together (a thread is started when first needed).
+WRITES_AT_ONCE = 16
 
 
 @dataclass
@@ -78,7 +80,7 @@ class _Run:
         self.inserted: set[tuple[str, str]] = set()
         self.lanes: list[Lane] | None = None
         self.lane_count = 1
-        self.measured_writes = 0  # the writes the lane count applies to; 0 when no namespace may be split
+        self.measured_writes = 0  # the writes timed for the lane count; 0 when a namespace is kept in one lane
 
     def __bool__(self) -> bool:
         return bool(self.writes)
@@ -111,7 +113,7 @@ class Applier:
         self._dead_letters = dead_letters
         self._has_unique_index = has_unique_index
         self.lanes = lanes or LaneTuner()
-        self._writers = ThreadPoolExecutor(self.lanes.most(), thread_name_prefix="kafkashake-write")
+        self._writers = ThreadPoolExecutor(max(WRITES_AT_ONCE, self.lanes.most()), thread_name_prefix="kafkashake-write")
         self.parked = ParkedWrites()
         self._duplicate_keys = DuplicateKeys(client, self.parked)
 
@@ -244,7 +246,7 @@ class Applier:
     def _lanes_of(self, run: _Run) -> list[Lane]:
         # Read once per run: the lanes of a namespace and their writes must agree on it.
         in_order = {ns: self._has_unique_index(ns) for ns in run.writes}
-        run.measured_writes = sum(len(writes) for ns, writes in run.writes.items() if not in_order[ns])
+        run.measured_writes = 0 if any(in_order.values()) else sum(len(writes) for writes in run.writes.values())
         run.lane_count = self.lanes.for_run(run.measured_writes)
         lanes = [Lane(ns, writes, in_order[ns]) for ns, run_writes in run.writes.items()
                  for writes in self._split(run_writes, in_order[ns], run.lane_count)]

@@ -17,7 +17,7 @@ log = logging.getLogger("kafkashake.consumer.write_lanes")
 LADDER = (1, 2, 4, 8)
 MEASURED_WRITES = 500  # a smaller run's time is mostly a round trip, whatever its lanes
 SETTLED_RUNS = 40  # measured runs at the chosen count between two probes
-PROBE_RUNS = 2  # measured runs per count in a probe
+PROBE_RUNS = 3  # measured runs per count in a probe: their median, so one slow run (a new connection) is outvoted
 BETTER_BY = 1.05  # a probed count replaces the chosen one if its runs went this much faster
 
 
@@ -47,7 +47,8 @@ class FixedLanes:
 
 class LaneTuner:
     """--write-lanes auto. `for_run` is asked while a run is planned, `record` told once it is written, possibly
-    from another thread and after later runs were planned."""
+    from another thread and after later runs were planned; a planned run may never be written (its batch prepared
+    again, for parked events or after a transient error)."""
 
     def __init__(self, on_change: Callable[[int], None] = lambda count: None, ladder: tuple[int, ...] = LADDER) -> None:
         self._ladder = ladder
@@ -70,7 +71,8 @@ class LaneTuner:
         with self._lock:
             if writes < MEASURED_WRITES or not self._probe:
                 return self._chosen
-            count = min(self._probe, key=lambda c: (self._planned[c], len(self._probe[c]), c != self._chosen))
+            # Fewest samples first, as a plan may be dropped; then fewest plans, so runs planned ahead interleave.
+            count = min(self._probe, key=lambda c: (len(self._probe[c]), self._planned[c], c != self._chosen))
             self._planned[count] += 1
             return count
 

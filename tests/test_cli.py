@@ -122,3 +122,30 @@ def test_write_lanes_are_auto_or_a_count(lanes: str) -> None:
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "--write-lanes" in result.stderr and "auto or a number from 1 to 16" in result.stderr
+
+
+@pytest.mark.parametrize("flags, env, config, lanes", [
+    ([], {}, "", 0),
+    (["--write-lanes", "auto"], {}, "", 0),
+    ([], {"KAFKASHAKE_WRITE_LANES": "8"}, "", 8),
+    ([], {}, "write_lanes = 2\n", 2),
+])
+def test_write_lanes_are_measured_unless_a_count_is_given(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          flags: list[str], env: dict, config: str, lanes: int) -> None:
+    import kafkashake.consumer.run as consumer_run
+
+    seen: list = []
+
+    class FakeRun:
+        def __init__(self, settings, shutdown) -> None:
+            seen.append(settings)
+
+        def run(self) -> None:
+            return None
+
+    monkeypatch.setattr(consumer_run, "ConsumerRun", FakeRun)
+    file = tmp_path / "kafkashake.toml"
+    file.write_text(config)
+    args = ["consumer", "run", "--brokers", "k:1", "--topic", "t", "--dest-uri", "mongodb://h:1", "--config", str(file)]
+    run_cli(args + flags, env=env)
+    assert seen and seen[0].destination.write_lanes == lanes

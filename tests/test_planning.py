@@ -163,7 +163,8 @@ def _received(events: list[Event]) -> Received:
 
 
 def _tuned(tuner: LaneTuner, seconds_per_write: dict[int, float], runs: int) -> list[int]:
-    """Runs of 1,000 writes planned two at a time ahead of their writes, as the applier does."""
+    """Runs of 1,000 writes, each planned before the previous one is written (as the applier prepares a batch while
+    the previous one is written)."""
     used, ahead = [], []
     for _ in range(runs):
         ahead.append(tuner.for_run(1_000))
@@ -180,7 +181,7 @@ def test_the_lane_count_is_the_one_whose_runs_were_written_fastest_and_follows_t
     serialising = {1: 0.001, 2: 0.0012, 4: 0.0014, 8: 0.0016}
     used = _tuned(tuner, serialising, 60)
     assert tuner.chosen == 1 and shown == [4, 1]
-    assert sorted(set(used[:8])) == [1, 2, 4, 8] and set(used[10:40]) == {1}  # one run is planned ahead
+    assert sorted(set(used[:12])) == [1, 2, 4, 8] and set(used[14:50]) == {1}  # one run is planned ahead
     parallel = {1: 0.004, 2: 0.002, 4: 0.001, 8: 0.0012}
     _tuned(tuner, parallel, 400)
     assert tuner.chosen == 4 and shown[-1] == 4
@@ -192,3 +193,25 @@ def test_small_runs_and_close_rates_leave_the_lane_count_alone() -> None:
     tuner.record(4, 10, 1.0)
     _tuned(tuner, {1: 0.00098, 2: 0.00099, 4: 0.001, 8: 0.00101}, 60)
     assert tuner.chosen == 4
+
+
+def test_a_probe_ends_when_planned_runs_are_prepared_again_and_never_written() -> None:
+    """With parked events every batch planned ahead is prepared again by the writer: every other plan is dropped."""
+    tuner = LaneTuner()
+    serialising = {1: 0.001, 2: 0.0012, 4: 0.0014, 8: 0.0016}
+    for _ in range(40):
+        tuner.for_run(1_000)
+        lanes = tuner.for_run(1_000)
+        tuner.record(lanes, 1_000, 1_000 * serialising[lanes])
+    assert tuner.chosen == 1
+
+
+def test_one_slow_run_does_not_choose_the_lane_count() -> None:
+    tuner = LaneTuner()
+    seconds = {1: 0.85, 2: 1.0, 4: 1.1, 8: 1.2}
+    ones = 0
+    for _ in range(14):
+        lanes = tuner.for_run(1_000)
+        ones += lanes == 1
+        tuner.record(lanes, 1_000, seconds[lanes] * (2 if lanes == ones == 1 else 1))  # the first run in one lane
+    assert tuner.chosen == 1

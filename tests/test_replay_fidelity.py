@@ -15,6 +15,7 @@ from pymongo import MongoClient
 from conftest import client, load_fixture_lines, unique, wait_until
 from kafkashake.demo.embedded import mongo_uri
 from kafkashake.consumer.applier import Applier
+from kafkashake.consumer.write_lanes import FixedLanes
 from kafkashake.consumer.document_update import as_update_operators
 from kafkashake.consumer.sequencer import UniqueIndexes
 from kafkashake.consumer.duplicate_keys import rewrite_together
@@ -166,6 +167,26 @@ def test_direct_updates_keep_source_order_with_other_writes_across_lanes_and_una
                         change(51, "i", {"_id": 100})], 100)
     assert Applier(unacknowledged, frozenset(), has_unique_index=lambda ns: False).apply(events).applied == {"u": 1, "i": 1}
     wait_until(lambda: collection.count_documents({"$or": [{"w0": True}, {"_id": 100}]}) == 2, 30, "w:0 writes land")
+
+
+def test_a_run_is_timed_at_the_lane_count_it_was_split_by_and_a_unique_indexed_one_is_not_timed(shared_mongo) -> None:
+    mongo = client(shared_mongo)
+    db_name = unique("timedlanes")
+    recorded: list[tuple[int, int]] = []
+
+    class Recorded(FixedLanes):
+        def record(self, lanes: int, writes: int, seconds: float) -> None:
+            recorded.append((lanes, writes))
+
+    def inserts(ns: str, first: int) -> list:
+        return [event for n in range(first, first + 600) for event in decode_message(
+            as_message({"ts": Timestamp(4, n + 1), "op": "i", "ns": ns, "o": {"_id": n}}), "t", 0, n)]
+
+    applier = Applier(mongo, frozenset(), has_unique_index=lambda ns: ns.endswith(".ordered"), lanes=Recorded(3))
+    assert applier.apply(inserts(f"{db_name}.free", 0)).applied == {"i": 600}
+    assert applier.apply(inserts(f"{db_name}.free", 600) + inserts(f"{db_name}.ordered", 0)).applied == {"i": 1200}
+    assert recorded == [(3, 600), (3, 0)]
+    assert mongo[db_name]["free"].count_documents({}) == 1200 and mongo[db_name]["ordered"].count_documents({}) == 600
 
 
 def test_a_change_refused_for_a_unique_value_its_transaction_frees_later_keeps_its_documents_order(shared_mongo) -> None:
