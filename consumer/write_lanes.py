@@ -3,8 +3,9 @@
 A destination that serves concurrent writes in parallel (a mongod on several cores, or one a long round trip away)
 takes more documents per second in more lanes; one that serialises them, or whose disk is the limit, takes fewer,
 its lanes then contending with each other. Which it is depends on the deployment and its load, so by default the
-count is measured: large runs are written at the chosen count and, every so often, at the counts beside it on the
-ladder, interleaved, and the count whose runs were written fastest is kept. The first probe tries the whole ladder."""
+count is measured. First it climbs the ladder: runs are written at one count and the next, interleaved, and while
+the higher count is faster it goes on to the next pair. Then large runs are written at the chosen count and, every
+so often, at the counts beside it, interleaved, and the count whose runs were written fastest is kept."""
 from __future__ import annotations
 
 import logging
@@ -54,10 +55,12 @@ class LaneTuner:
         self._ladder = ladder
         self._on_change = on_change
         self._lock = threading.Lock()
-        self._chosen = ladder[len(ladder) // 2]
+        self._chosen = ladder[len(ladder) // 2]  # until the climb ends (small runs are never measured)
         self._settled = 0
-        self._probe: dict[int, list[float]] = {count: [] for count in ladder}
-        self._planned: dict[int, int] = dict.fromkeys(ladder, 0)
+        self._climbing = True
+        self._probe: dict[int, list[float]] = {}
+        self._planned: dict[int, int] = {}
+        self._start_probe(ladder[:2])
         on_change(self._chosen)
 
     def most(self) -> int:
@@ -92,8 +95,19 @@ class LaneTuner:
 
     def _decide(self) -> None:
         rates = {count: statistics.median(samples) for count, samples in self._probe.items()}
-        best = max(rates, key=rates.__getitem__)
-        if best != self._chosen and rates[best] >= BETTER_BY * rates.get(self._chosen, 0.0):
+        if self._climbing:
+            low, high = sorted(rates)
+            higher_faster = rates[high] >= BETTER_BY * rates[low]
+            if higher_faster and high != self._ladder[-1]:
+                self._start_probe(self._ladder[self._ladder.index(high):][:2])
+                return
+            self._climbing = False
+            best = high if higher_faster else low
+        else:
+            best = max(rates, key=rates.__getitem__)
+            if rates[best] < BETTER_BY * rates[self._chosen]:
+                best = self._chosen
+        if best != self._chosen:
             log.info("write lanes changed: the destination took writes fastest in this many lanes",
                      extra={"lanes": best, "was": self._chosen,
                             "writes_per_second": {count: round(rate) for count, rate in sorted(rates.items())}})
@@ -101,8 +115,10 @@ class LaneTuner:
             self._on_change(best)
         self._probe, self._settled = {}, 0
 
-    def _start_probe(self) -> None:
-        at = self._ladder.index(self._chosen)
-        counts = self._ladder[max(at - 1, 0): at + 2]
+    def _start_probe(self, counts: tuple[int, ...] | None = None) -> None:
+        """The counts beside the chosen one, or `counts` while climbing."""
+        if counts is None:
+            at = self._ladder.index(self._chosen)
+            counts = self._ladder[max(at - 1, 0): at + 2]
         self._probe = {count: [] for count in counts}
         self._planned = dict.fromkeys(counts, 0)
