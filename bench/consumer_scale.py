@@ -2,8 +2,9 @@
 
 memory: the consumer process's RSS while `--target-delay` holds a backlog of --backlog events (default 1M) in
 Kafka. Goal: flat and under 300 MB (the backlog waits in Kafka, not in the consumer).
-scale-out: time for one consumer process, then two in one group, to apply --events inserts from an 8-partition
-topic; the ratio is two's rate over one's.
+scale-out: events applied per second (their /metrics, first event to last) by one consumer process, then by two in
+one group, each on a fresh destination, of --events inserts from an 8-partition topic; the ratio is two's rate over
+one's.
 Usage: python bench/consumer_scale.py [--backlog 1000000] [--events 100000] [--hold-seconds 60] [--brokers kafka,tansu]
 Writes bench/results/consumer_scale_<broker>.json."""
 from __future__ import annotations
@@ -12,7 +13,6 @@ import argparse
 import datetime as dt
 import json
 import platform
-import subprocess
 import sys
 import time
 import uuid
@@ -27,23 +27,20 @@ sys.path.insert(0, str(ROOT))
 
 from bench.consumer_catchup import documents, events, publish  # noqa: E402
 from bench.soak import rss_mb  # noqa: E402
-from bench.harness import BROKER_NAMES, broker  # noqa: E402
+from bench.harness import BROKER_NAMES, GROUP_OPTIONS, Process, broker, fresh_mongo, rate_through  # noqa: E402
 from kafkashake.demo import embedded  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "consumer_scale.json"
 MEMORY_GOAL_MB = 300.0
 
 
-def consumer(stack: embedded.EmbeddedStack, destination, brokers: str, topic: str, group: str,
-             *extra: str) -> subprocess.Popen:
-    log = (stack.workdir / f"consumer-{uuid.uuid4().hex[:6]}.log").open("wb")
-    return subprocess.Popen([sys.executable, "-m", "kafkashake", "consumer", "run", "--dest-uri",
-                             embedded.mongo_uri(destination), "--brokers", brokers, "--topic", topic, "--group", group,
-                             "--metrics-port", "0", "-X", "session.timeout.ms=6000", "-X", "heartbeat.interval.ms=500",
-                             *extra], stdout=log, stderr=subprocess.STDOUT)
+def consumer(stack: embedded.EmbeddedStack, destination_uri: str, brokers: str, topic: str, group: str,
+             *extra: str) -> Process:
+    return Process(stack, "consumer", "run", "--dest-uri", destination_uri, "--brokers", brokers, "--topic", topic,
+                   "--group", group, *GROUP_OPTIONS, *extra)
 
 
-def held_backlog_memory(stack, destination, brokers: str, backlog: int, hold_s: float) -> dict:
+def held_backlog_memory(stack, brokers: str, backlog: int, hold_s: float) -> dict:
     topic = f"held-{uuid.uuid4().hex[:6]}"
     now = Timestamp(int(time.time()), 0)
     encoded = [(document, bson.encode({"op": "i", "ns": "held.items", "o": document,
@@ -51,52 +48,54 @@ def held_backlog_memory(stack, destination, brokers: str, backlog: int, hold_s: 
                for i, document in enumerate(documents(backlog))]
     publish(brokers, topic, "held.items", encoded)
     del encoded
-    process = consumer(stack, destination, brokers, topic, f"held-{uuid.uuid4().hex[:6]}", "--target-delay", "3600")
-    samples = []
-    started = time.monotonic()
-    try:
-        while time.monotonic() - started < hold_s:
-            time.sleep(5)
-            samples.append(round(rss_mb(process.pid), 1))
-            print(f"  held backlog: consumer RSS {samples[-1]} MB", flush=True)
-    finally:
-        process.terminate()
-        process.wait(60)
-    applied = MongoClient(embedded.mongo_uri(destination)).held.items.estimated_document_count()
+    with fresh_mongo(stack, "held-dest") as destination:
+        process = consumer(stack, destination.uri, brokers, topic, f"held-{uuid.uuid4().hex[:6]}",
+                           "--target-delay", "3600")
+        samples = []
+        try:
+            process.metrics_url()
+            for _ in range(max(2, round(hold_s / 5))):
+                time.sleep(5)  # sampling the RSS over the hold, not waiting for an event
+                samples.append(round(rss_mb(process.popen.pid), 1))
+                print(f"  held backlog: consumer RSS {samples[-1]} MB", flush=True)
+            consumed = process.metric("kafkashake_consumer_messages_consumed")
+        finally:
+            process.stop()
+        applied = MongoClient(destination.uri).held.items.estimated_document_count()
     half = len(samples) // 2
     flat = max(samples[half:]) <= max(samples[:half]) * 1.1 + 5
-    return {"backlog": backlog, "samples_mb": samples, "max_mb": max(samples), "applied_while_held": applied,
-            "flat": flat, "under_goal": max(samples) < MEMORY_GOAL_MB}
+    return {"backlog": backlog, "samples_mb": samples, "max_mb": max(samples), "consumed_while_held": round(consumed),
+            "applied_while_held": applied, "flat": flat, "under_goal": max(samples) < MEMORY_GOAL_MB}
 
 
-def apply_time(stack, destination, brokers: str, topic: str, ns: str, expected: int, instances: int) -> float:
+def apply_rate(stack, brokers: str, topic: str, ns: str, expected: int, instances: int) -> float:
+    """Events applied per second by `instances` consumers of one group, each on a fresh destination, timed through
+    their /metrics from the first event applied to the last."""
     group = f"scale-{uuid.uuid4().hex[:6]}"
-    processes = [consumer(stack, destination, brokers, topic, group) for _ in range(instances)]
-    db, coll = ns.split(".")
-    target = MongoClient(embedded.mongo_uri(destination))[db][coll]
-    try:
-        while target.estimated_document_count() == 0:
-            time.sleep(0.02)
-        started = time.monotonic()
-        while target.estimated_document_count() < expected:
-            time.sleep(0.05)
-        return expected / (time.monotonic() - started)
-    finally:
-        for process in processes:
-            process.terminate()
-            process.wait(60)
+    with fresh_mongo(stack, "scale-dest") as destination:
+        processes = [consumer(stack, destination.uri, brokers, topic, group) for _ in range(instances)]
+        try:
+            rate = rate_through(processes, "kafkashake_consumer_events_applied", expected)
+        finally:
+            for process in processes:
+                process.stop()
+        db, coll = ns.split(".")
+        held = MongoClient(destination.uri)[db][coll].count_documents({})
+        if held != expected:
+            raise RuntimeError(f"{instances} consumer(s) left {held} of {expected} documents at the destination")
+    return rate
 
 
-def run_on(kind: str, stack, destination, args: argparse.Namespace) -> int:
+def run_on(kind: str, stack, args: argparse.Namespace) -> int:
     with broker(kind, stack) as brokers:
         rates = {}
         for instances in (1, 2):
             ns = f"scale{instances}{kind}.items"
             topic = f"scale-{uuid.uuid4().hex[:6]}"
             publish(brokers, topic, ns, events("insert", ns, documents(args.events)))
-            rates[instances] = apply_time(stack, destination, brokers, topic, ns, args.events, instances)
+            rates[instances] = apply_rate(stack, brokers, topic, ns, args.events, instances)
             print(f"{instances} consumer(s): {rates[instances]:.0f} events/s", flush=True)
-        memory = held_backlog_memory(stack, destination, brokers, args.backlog, args.hold_seconds)
+        memory = held_backlog_memory(stack, brokers, args.backlog, args.hold_seconds)
     report = {"date": dt.date.today().isoformat(), "broker": BROKER_NAMES[kind],
               "machine": f"{platform.machine()} {platform.node()}",
               "scale_out": {"events": args.events, "one_per_s": round(rates[1]), "two_per_s": round(rates[2]),
@@ -106,7 +105,7 @@ def run_on(kind: str, stack, destination, args: argparse.Namespace) -> int:
     path.write_text(json.dumps(report, indent=2) + "\n")
     print(f"{BROKER_NAMES[kind]}: scale-out ratio (two / one): {rates[2] / rates[1]:.2f}")
     print(f"held backlog of {args.backlog}: max RSS {memory['max_mb']} MB, flat: {memory['flat']}, "
-          f"applied while held: {memory['applied_while_held']}")
+          f"consumed while held: {memory['consumed_while_held']}, applied while held: {memory['applied_while_held']}")
     return 0 if memory["flat"] and memory["under_goal"] and memory["applied_while_held"] == 0 else 1
 
 
@@ -119,9 +118,8 @@ def main() -> int:
     args = parser.parse_args()
     status = 0
     with embedded.EmbeddedStack() as stack:
-        destination = stack.start_mongo("scale-dest")
         for kind in args.brokers.split(","):
-            status |= run_on(kind, stack, destination, args)
+            status |= run_on(kind, stack, args)
     return status
 
 

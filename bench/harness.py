@@ -160,20 +160,23 @@ class CpuMeter:
             samples.setdefault(name, []).append(us)
 
 
-def rate_through(process: Process, metric: str, expected: int, timeout_s: float = 600,
+def rate_through(processes: Process | list[Process], metric: str, expected: int, timeout_s: float = 600,
                  meter: CpuMeter | None = None) -> float:
-    """Items per second from the first item the metric counts to the `expected`-th; `meter`, started by the
-    caller, is stopped at the `expected`-th: the work before the first item (a producer's reads ahead, a
-    consumer's fetches) counts too."""
+    """Items per second from the first item the metric counts (summed over `processes`, several instances of one
+    group) to the `expected`-th; `meter`, started by the caller, is stopped at the `expected`-th: the work before
+    the first item (a producer's reads ahead, a consumer's fetches) counts too."""
+    processes = processes if isinstance(processes, list) else [processes]
     deadline = time.monotonic() + timeout_s
     first_at = first_count = None
-    while (done := process.metric(metric)) < expected:
+    while (done := sum(process.metric(metric) for process in processes)) < expected:
         if done and first_at is None:
             first_at, first_count = time.perf_counter(), done
-        if process.popen.poll() is not None:
-            raise RuntimeError(f"the process stopped after {done:.0f} of {expected}:\n{process.log()[-3000:]}")
+        for process in processes:
+            if process.popen.poll() is not None:
+                raise RuntimeError(f"a process stopped after {done:.0f} of {expected}:\n{process.log()[-3000:]}")
         if time.monotonic() > deadline:
-            raise RuntimeError(f"only {done:.0f} of {expected} after {timeout_s:.0f} s:\n{process.log()[-3000:]}")
+            raise RuntimeError(f"only {done:.0f} of {expected} after {timeout_s:.0f} s:\n"
+                               f"{processes[0].log()[-3000:]}")
         time.sleep(SCRAPE_S)
     finished_at = time.perf_counter()
     if meter is not None:
