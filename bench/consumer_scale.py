@@ -68,14 +68,15 @@ def held_backlog_memory(stack, brokers: str, backlog: int, hold_s: float) -> dic
             "applied_while_held": applied, "flat": flat, "under_goal": max(samples) < MEMORY_GOAL_MB}
 
 
-def apply_rate(stack, brokers: str, topic: str, ns: str, expected: int, instances: int) -> float:
-    """Events applied per second by `instances` consumers of one group, each on a fresh destination, timed through
-    their /metrics from the first event applied to the last."""
+def apply_rate(stack, brokers: str, topic: str, ns: str, expected: int, instances: int) -> tuple[float, list[int]]:
+    """Events applied per second by `instances` consumers of one group on a fresh destination, timed through their
+    /metrics from the first event applied to the last, and how many each applied."""
     group = f"scale-{uuid.uuid4().hex[:6]}"
     with fresh_mongo(stack, "scale-dest") as destination:
         processes = [consumer(stack, destination.uri, brokers, topic, group) for _ in range(instances)]
         try:
             rate = rate_through(processes, "kafkashake_consumer_events_applied", expected)
+            shares = [round(process.metric("kafkashake_consumer_events_applied")) for process in processes]
         finally:
             for process in processes:
                 process.stop()
@@ -83,23 +84,25 @@ def apply_rate(stack, brokers: str, topic: str, ns: str, expected: int, instance
         held = MongoClient(destination.uri)[db][coll].count_documents({})
         if held != expected:
             raise RuntimeError(f"{instances} consumer(s) left {held} of {expected} documents at the destination")
-    return rate
+    if min(shares) < expected / instances / 4:
+        raise RuntimeError(f"the consumers of one group applied {shares} of {expected} events: one barely worked")
+    return rate, shares
 
 
 def run_on(kind: str, stack, args: argparse.Namespace) -> int:
     with broker(kind, stack) as brokers:
-        rates = {}
+        rates, shares = {}, {}
         for instances in (1, 2):
             ns = f"scale{instances}{kind}.items"
             topic = f"scale-{uuid.uuid4().hex[:6]}"
             publish(brokers, topic, ns, events("insert", ns, documents(args.events)))
-            rates[instances] = apply_rate(stack, brokers, topic, ns, args.events, instances)
-            print(f"{instances} consumer(s): {rates[instances]:.0f} events/s", flush=True)
+            rates[instances], shares[instances] = apply_rate(stack, brokers, topic, ns, args.events, instances)
+            print(f"{instances} consumer(s): {rates[instances]:.0f} events/s, applied {shares[instances]}", flush=True)
         memory = held_backlog_memory(stack, brokers, args.backlog, args.hold_seconds)
     report = {"date": dt.date.today().isoformat(), "broker": BROKER_NAMES[kind],
               "machine": f"{platform.machine()} {platform.node()}",
               "scale_out": {"events": args.events, "one_per_s": round(rates[1]), "two_per_s": round(rates[2]),
-                            "ratio": round(rates[2] / rates[1], 2)},
+                            "ratio": round(rates[2] / rates[1], 2), "two_applied_each": shares[2]},
               "memory": memory}
     path = RESULTS.with_name(f"consumer_scale_{kind}.json")
     path.write_text(json.dumps(report, indent=2) + "\n")

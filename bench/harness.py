@@ -176,7 +176,7 @@ def rate_through(processes: Process | list[Process], metric: str, expected: int,
                 raise RuntimeError(f"a process stopped after {done:.0f} of {expected}:\n{process.log()[-3000:]}")
         if time.monotonic() > deadline:
             raise RuntimeError(f"only {done:.0f} of {expected} after {timeout_s:.0f} s:\n"
-                               f"{processes[0].log()[-3000:]}")
+                               + "\n".join(process.log()[-3000:] for process in processes))
         time.sleep(SCRAPE_S)
     finished_at = time.perf_counter()
     if meter is not None:

@@ -38,7 +38,7 @@ from kafkashake.consumer.duplicate_keys import DuplicateKeys
 from kafkashake.consumer.parked import ParkedWrites
 from kafkashake.consumer.settings import ReplayPolicy
 from kafkashake.oplog.namespaces import command_target
-from kafkashake.consumer.write_lanes import FixedLanes, LaneTuner
+from kafkashake.consumer.write_lanes import MEASURED_WRITES, FixedLanes, LaneTuner
 from kafkashake.consumer.write_plan import Lane, Write, id_chunks, ids_to_read, plan, plan_ahead
 from kafkashake.oplog.entry import CHANGE_STREAM_DDL, is_internal_namespace
 from kafkashake.runtime import mongo
@@ -80,7 +80,7 @@ class _Run:
         self.inserted: set[tuple[str, str]] = set()
         self.lanes: list[Lane] | None = None
         self.lane_count = 1
-        self.measured_writes = 0  # the writes timed for the lane count; 0 when a namespace is kept in one lane
+        self.measured_writes = 0  # the writes timed for the batch's lane count; 0 when the run is not timed
 
     def __bool__(self) -> bool:
         return bool(self.writes)
@@ -95,6 +95,10 @@ class Prepared:
     steps: list[_Run | Event] = field(default_factory=list)
     report: ApplyReport = field(default_factory=ApplyReport)
     written_before: bool = False
+    # Every timed run of a batch is split into the same count, and the batch is timed as a whole: runs within a
+    # batch differ (inserts before the updates of the same documents; the first written while the next batch is
+    # prepared), batches much less.
+    lane_count: int | None = None
 
 
 class Applier:
@@ -157,11 +161,15 @@ class Applier:
         prepared.written_before = True
         report = ApplyReport()
         report.merge(fresh.report)
+        timed_writes, timed_seconds = 0, 0.0
         for step in fresh.steps:
             if isinstance(step, Event):
                 self._apply_command(step, report)
             else:
-                self._flush(step, report)
+                timed_seconds += self._flush(step, fresh, report)
+                timed_writes += step.measured_writes
+        if timed_writes:
+            self.lanes.record(fresh.lane_count or 0, timed_writes, timed_seconds)
         return report
 
     def prepare(self, events: list[Event]) -> Prepared:
@@ -208,7 +216,7 @@ class Applier:
         for step in steps:
             if isinstance(step, Event):
                 break  # a DDL can change the indexes the lanes of later runs depend on: those are planned after it
-            step.lanes = self._lanes_of(step)
+            step.lanes = self._lanes_of(step, prepared)
         return prepared
 
     def _allowed(self, event: Event) -> bool:
@@ -243,19 +251,23 @@ class Applier:
         log.warning("--drop-existing: dropped the destination collection before its copy",
                     extra={"ns": f"{db}.{command['create']}"})
 
-    def _lanes_of(self, run: _Run) -> list[Lane]:
+    def _lanes_of(self, run: _Run, prepared: Prepared) -> list[Lane]:
         # Read once per run: the lanes of a namespace and their writes must agree on it.
         in_order = {ns: self._has_unique_index(ns) for ns in run.writes}
-        run.measured_writes = 0 if any(in_order.values()) else sum(len(writes) for writes in run.writes.values())
-        run.lane_count = self.lanes.for_run(run.measured_writes)
+        timed = not any(in_order.values()) and max(map(len, run.writes.values())) >= MEASURED_WRITES
+        if timed and prepared.lane_count is None:
+            prepared.lane_count = self.lanes.draw()
+        run.lane_count = prepared.lane_count if timed and prepared.lane_count else self.lanes.chosen
+        run.measured_writes = sum(map(len, run.writes.values())) if timed else 0
         lanes = [Lane(ns, writes, in_order[ns]) for ns, run_writes in run.writes.items()
                  for writes in self._split(run_writes, in_order[ns], run.lane_count)]
         for lane in lanes:
             plan_ahead(lane, self._collection(lane.ns).write_concern.acknowledged, self._policy)
         return lanes
 
-    def _flush(self, run: _Run, report: ApplyReport) -> None:
-        lanes = run.lanes if run.lanes is not None else self._lanes_of(run)
+    def _flush(self, run: _Run, prepared: Prepared, report: ApplyReport) -> float:
+        """Write one run; the seconds it took."""
+        lanes = run.lanes if run.lanes is not None else self._lanes_of(run, prepared)
         started = time.perf_counter()
         if len(lanes) == 1:
             self._write_lane(lanes[0], report)
@@ -269,7 +281,7 @@ class Applier:
                 future.result()
             for lane_report in lane_reports:
                 report.merge(lane_report)
-        self.lanes.record(run.lane_count, run.measured_writes, time.perf_counter() - started)
+        return time.perf_counter() - started
 
     @staticmethod
     def _split(writes: list[Write], in_source_order: bool, count: int) -> list[list[Write]]:

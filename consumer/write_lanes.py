@@ -3,9 +3,10 @@
 A destination that serves concurrent writes in parallel (a mongod on several cores, or one a long round trip away)
 takes more documents per second in more lanes; one that serialises them, or whose disk is the limit, takes fewer,
 its lanes then contending with each other. Which it is depends on the deployment and its load, so by default the
-count is measured. First it climbs the ladder: runs are written at one count and the next, interleaved, and while
-the higher count is faster it goes on to the next pair. Then large runs are written at the chosen count and, every
-so often, at the counts beside it, interleaved, and the count whose runs were written fastest is kept."""
+count is measured, a batch of changes at a time (the applier splits a batch's large runs into one count and times
+them together). First it climbs the ladder: batches are written at one count and the next, interleaved, and while
+the higher count is faster it goes on to the next pair. Then batches are written at the chosen count and, every so
+often, at the counts beside it, interleaved, and the count whose batches were written fastest is kept."""
 from __future__ import annotations
 
 import logging
@@ -16,10 +17,10 @@ from collections.abc import Callable
 log = logging.getLogger("kafkashake.consumer.write_lanes")
 
 LADDER = (1, 2, 4, 8)
-MEASURED_WRITES = 500  # a smaller run's time is mostly a round trip, whatever its lanes
-SETTLED_RUNS = 40  # measured runs at the chosen count between two probes
-PROBE_RUNS = 3  # measured runs per count in a probe: their median, so one slow run (a new connection) is outvoted
-BETTER_BY = 1.05  # a probed count replaces the chosen one if its runs went this much faster
+MEASURED_WRITES = 500  # a run with fewer writes per collection is mostly a round trip, whatever its lanes: not timed
+SETTLED_BATCHES = 40  # timed batches at the chosen count between two probes
+PROBE_BATCHES = 3  # timed batches per count in a probe: their median, so one slow batch (a new connection) is outvoted
+BETTER_BY = 1.05  # a probed count replaces the chosen one if its batches went this much faster
 
 
 def write_lanes(fixed: int, on_change: Callable[[int], None]) -> FixedLanes | LaneTuner:
@@ -39,7 +40,11 @@ class FixedLanes:
     def most(self) -> int:
         return self.count
 
-    def for_run(self, writes: int) -> int:
+    @property
+    def chosen(self) -> int:
+        return self.count
+
+    def draw(self) -> int:
         return self.count
 
     def record(self, lanes: int, writes: int, seconds: float) -> None:
@@ -47,15 +52,15 @@ class FixedLanes:
 
 
 class LaneTuner:
-    """--write-lanes auto. `for_run` is asked while a run is planned, `record` told once it is written, possibly
-    from another thread and after later runs were planned; a planned run may never be written (its batch prepared
-    again, for parked events or after a transient error)."""
+    """--write-lanes auto. `draw` is asked while a batch is prepared, `record` told once its timed runs are
+    written, from another thread and after the next batch was prepared; a prepared batch may never be written
+    (prepared again, for parked events or after a transient error)."""
 
     def __init__(self, on_change: Callable[[int], None] = lambda count: None, ladder: tuple[int, ...] = LADDER) -> None:
         self._ladder = ladder
         self._on_change = on_change
         self._lock = threading.Lock()
-        self._chosen = ladder[len(ladder) // 2]  # until the climb ends (small runs are never measured)
+        self._chosen = ladder[len(ladder) // 2]  # until the climb ends (small batches are never timed)
         self._settled = 0
         self._climbing = True
         self._probe: dict[int, list[float]] = {}
@@ -70,11 +75,12 @@ class LaneTuner:
     def chosen(self) -> int:
         return self._chosen
 
-    def for_run(self, writes: int) -> int:
+    def draw(self) -> int:
+        """The count to split a batch's timed runs into."""
         with self._lock:
-            if writes < MEASURED_WRITES or not self._probe:
+            if not self._probe:
                 return self._chosen
-            # Fewest samples first, as a plan may be dropped; then fewest plans, so runs planned ahead interleave.
+            # Fewest samples first, as a plan may be dropped; then fewest plans, so batches prepared ahead interleave.
             count = min(self._probe, key=lambda c: (len(self._probe[c]), self._planned[c], c != self._chosen))
             self._planned[count] += 1
             return count
@@ -86,11 +92,11 @@ class LaneTuner:
             if self._probe:
                 if lanes in self._probe:
                     self._probe[lanes].append(writes / seconds)
-                if all(len(rates) >= PROBE_RUNS for rates in self._probe.values()):
+                if all(len(rates) >= PROBE_BATCHES for rates in self._probe.values()):
                     self._decide()
             elif lanes == self._chosen:
                 self._settled += 1
-                if self._settled >= SETTLED_RUNS:
+                if self._settled >= SETTLED_BATCHES:
                     self._start_probe()
 
     def _decide(self) -> None:

@@ -162,12 +162,11 @@ def _received(events: list[Event]) -> Received:
     return Received("t", 0, 0, 0, None, None, [], {}, events)
 
 
-def _tuned(tuner: LaneTuner, seconds_per_write: dict[int, float], runs: int) -> list[int]:
-    """Runs of 1,000 writes, each planned before the previous one is written (as the applier prepares a batch while
-    the previous one is written)."""
+def _tuned(tuner: LaneTuner, seconds_per_write: dict[int, float], batches: int) -> list[int]:
+    """Batches of 1,000 timed writes, each prepared before the previous one is written (as the applier does)."""
     used, ahead = [], []
-    for _ in range(runs):
-        ahead.append(tuner.for_run(1_000))
+    for _ in range(batches):
+        ahead.append(tuner.draw())
         if len(ahead) == 2:
             lanes = ahead.pop(0)
             tuner.record(lanes, 1_000, 1_000 * seconds_per_write[lanes])
@@ -175,7 +174,7 @@ def _tuned(tuner: LaneTuner, seconds_per_write: dict[int, float], runs: int) -> 
     return used
 
 
-def test_the_lane_count_is_the_one_whose_runs_were_written_fastest_and_follows_the_destination() -> None:
+def test_the_lane_count_is_the_one_whose_batches_were_written_fastest_and_follows_the_destination() -> None:
     shown: list[int] = []
     tuner = LaneTuner(shown.append)
     serialising = {1: 0.001, 2: 0.0012, 4: 0.0014, 8: 0.0016}
@@ -187,33 +186,34 @@ def test_the_lane_count_is_the_one_whose_runs_were_written_fastest_and_follows_t
     assert tuner.chosen == 4 and shown[-1] == 4
 
 
-def test_small_runs_are_not_measured_and_a_count_no_faster_than_the_one_below_is_not_taken() -> None:
+def test_small_batches_are_not_measured_and_a_count_no_faster_than_the_one_below_is_not_taken() -> None:
     tuner = LaneTuner()
-    assert tuner.for_run(10) == tuner.chosen == 4
-    tuner.record(4, 10, 1.0)
+    assert tuner.chosen == 4
+    tuner.record(1, 10, 1.0)
+    tuner.record(1, 10, 1.0)
     used = _tuned(tuner, {1: 0.00098, 2: 0.001, 4: 0.00099, 8: 0.00101}, 200)
     assert tuner.chosen == 1 and set(used) == {1, 2}
 
 
-def test_a_probe_ends_when_planned_runs_are_prepared_again_and_never_written() -> None:
-    """With parked events every batch planned ahead is prepared again by the writer: every other plan is dropped."""
+def test_a_probe_ends_when_prepared_batches_are_prepared_again_and_never_written() -> None:
+    """With parked events every batch prepared ahead is prepared again by the writer: every other draw is dropped."""
     tuner = LaneTuner()
     serialising = {1: 0.001, 2: 0.0012, 4: 0.0014, 8: 0.0016}
     for _ in range(40):
-        tuner.for_run(1_000)
-        lanes = tuner.for_run(1_000)
+        tuner.draw()
+        lanes = tuner.draw()
         tuner.record(lanes, 1_000, 1_000 * serialising[lanes])
     assert tuner.chosen == 1
 
 
-def test_one_slow_run_does_not_choose_the_lane_count() -> None:
+def test_one_slow_batch_does_not_choose_the_lane_count() -> None:
     tuner = LaneTuner()
     seconds = {1: 0.85, 2: 1.0, 4: 1.1, 8: 1.2}
     ones = 0
     for _ in range(14):
-        lanes = tuner.for_run(1_000)
+        lanes = tuner.draw()
         ones += lanes == 1
-        tuner.record(lanes, 1_000, seconds[lanes] * (2 if lanes == ones == 1 else 1))  # the first run in one lane
+        tuner.record(lanes, 1_000, seconds[lanes] * (3 if lanes == ones == 1 else 1))  # the first batch in one lane
     assert tuner.chosen == 1
 
 
@@ -221,3 +221,11 @@ def test_the_lane_count_climbs_the_ladder_while_the_next_count_is_faster() -> No
     tuner = LaneTuner()
     used = _tuned(tuner, {1: 0.004, 2: 0.002, 4: 0.0011, 8: 0.001}, 30)
     assert tuner.chosen == 8 and used[:18].count(8) == 3 and set(used[20:]) == {8}
+
+
+def test_the_lane_count_steps_down_when_the_destination_begins_to_serialise_writes() -> None:
+    tuner = LaneTuner()
+    _tuned(tuner, {1: 0.004, 2: 0.002, 4: 0.001, 8: 0.0012}, 60)
+    assert tuner.chosen == 4
+    _tuned(tuner, {1: 0.001, 2: 0.0012, 4: 0.0014, 8: 0.0016}, 400)
+    assert tuner.chosen == 1

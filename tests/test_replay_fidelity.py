@@ -169,7 +169,8 @@ def test_direct_updates_keep_source_order_with_other_writes_across_lanes_and_una
     wait_until(lambda: collection.count_documents({"$or": [{"w0": True}, {"_id": 100}]}) == 2, 30, "w:0 writes land")
 
 
-def test_a_run_is_timed_at_the_lane_count_it_was_split_by_and_a_unique_indexed_one_is_not_timed(shared_mongo) -> None:
+def test_a_batch_is_timed_as_a_whole_at_the_lane_count_its_runs_were_split_by_and_a_unique_indexed_run_is_not_timed(
+        shared_mongo) -> None:
     mongo = client(shared_mongo)
     db_name = unique("timedlanes")
     recorded: list[tuple[int, int]] = []
@@ -178,15 +179,22 @@ def test_a_run_is_timed_at_the_lane_count_it_was_split_by_and_a_unique_indexed_o
         def record(self, lanes: int, writes: int, seconds: float) -> None:
             recorded.append((lanes, writes))
 
-    def inserts(ns: str, first: int) -> list:
-        return [event for n in range(first, first + 600) for event in decode_message(
-            as_message({"ts": Timestamp(4, n + 1), "op": "i", "ns": ns, "o": {"_id": n}}), "t", 0, n)]
+    def changes(ns: str, first: int, op: str = "i", count: int = 600) -> list:
+        return [event for n in range(first, first + count) for event in decode_message(as_message(
+            {"ts": Timestamp(4, n + 1), "op": op, "ns": ns, "o2": {"_id": n},
+             "o": {"_id": n} if op == "i" else {"$v": 2, "diff": {"u": {"seen": True}}}}), "t", 0, n)]
 
     applier = Applier(mongo, frozenset(), has_unique_index=lambda ns: ns.endswith(".ordered"), lanes=Recorded(3))
-    assert applier.apply(inserts(f"{db_name}.free", 0)).applied == {"i": 600}
-    assert applier.apply(inserts(f"{db_name}.free", 600) + inserts(f"{db_name}.ordered", 0)).applied == {"i": 1200}
-    assert recorded == [(3, 600), (3, 0)]
-    assert mongo[db_name]["free"].count_documents({}) == 1200 and mongo[db_name]["ordered"].count_documents({}) == 600
+    assert applier.apply(changes(f"{db_name}.free", 0)).applied == {"i": 600}
+    assert applier.apply(changes(f"{db_name}.free", 600) + changes(f"{db_name}.ordered", 0)).applied == {"i": 1200}
+    assert recorded == [(3, 600)]
+    # Inserts, then updates of the same documents: two runs, timed together, once.
+    assert applier.apply(changes(f"{db_name}.free", 1200) + changes(f"{db_name}.free", 1200, "u")).applied == {
+        "i": 600, "u": 600}
+    assert applier.apply(changes(f"{db_name}.free", 1800, count=400)).applied == {"i": 400}
+    assert recorded == [(3, 600), (3, 1200)]
+    assert mongo[db_name]["free"].count_documents({}) == 2200 and mongo[db_name]["ordered"].count_documents({}) == 600
+    assert mongo[db_name]["free"].count_documents({"seen": True}) == 600
 
 
 def test_a_change_refused_for_a_unique_value_its_transaction_frees_later_keeps_its_documents_order(shared_mongo) -> None:
