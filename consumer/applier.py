@@ -166,10 +166,12 @@ class Applier:
             if isinstance(step, Event):
                 self._apply_command(step, report)
             else:
-                timed_seconds += self._flush(step, fresh, report)
-                timed_writes += step.measured_writes
-        if timed_writes:
-            self.lanes.record(fresh.lane_count or 0, timed_writes, timed_seconds)
+                seconds = self._flush(step, fresh, report)
+                if step.measured_writes:
+                    timed_writes += step.measured_writes
+                    timed_seconds += seconds
+        if fresh.lane_count is not None:
+            self.lanes.record(fresh.lane_count, timed_writes, timed_seconds)
         return report
 
     def prepare(self, events: list[Event]) -> Prepared:
@@ -257,7 +259,7 @@ class Applier:
         timed = not any(in_order.values()) and max(map(len, run.writes.values())) >= MEASURED_WRITES
         if timed and prepared.lane_count is None:
             prepared.lane_count = self.lanes.draw()
-        run.lane_count = prepared.lane_count if timed and prepared.lane_count else self.lanes.chosen
+        run.lane_count = prepared.lane_count if timed else self.lanes.chosen
         run.measured_writes = sum(map(len, run.writes.values())) if timed else 0
         lanes = [Lane(ns, writes, in_order[ns]) for ns, run_writes in run.writes.items()
                  for writes in self._split(run_writes, in_order[ns], run.lane_count)]
