@@ -33,7 +33,7 @@ from pymongo import InsertOne, MongoClient, UpdateOne
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.harness import (BROKER_NAMES, GROUP_OPTIONS, CpuMeter, Process, fresh_mongo, medians, rate_through,  # noqa: E402
+from bench.harness import (BROKER_NAMES, CpuMeter, consumer_process, fresh_mongo, medians, rate_through,  # noqa: E402
                            running_broker)
 from bench.report import report  # noqa: E402
 from kafkashake.demo import embedded  # noqa: E402
@@ -114,8 +114,7 @@ def fastest_bare(stack, docs: list[dict], ways: tuple[tuple[int, int], ...], lat
 
 
 def ours(stack, server, brokers: str, topic: str, expected: int, broker_pid: int, cpu: dict[str, list[float]]) -> float:
-    process = Process(stack, "consumer", "run", "--dest-uri", server.uri, "--brokers", brokers, "--topic", topic,
-                      "--group", f"bench-{uuid.uuid4().hex[:6]}", *GROUP_OPTIONS)
+    process = consumer_process(stack, server.uri, brokers, topic, f"bench-{uuid.uuid4().hex[:6]}")
     meter = CpuMeter({"destination": server.pid, "broker": broker_pid, "consumer": process.popen.pid})
     try:
         process.metrics_url()  # started up: its imports and set-up are not counted

@@ -27,17 +27,11 @@ sys.path.insert(0, str(ROOT))
 
 from bench.consumer_catchup import documents, events, publish  # noqa: E402
 from bench.soak import rss_mb  # noqa: E402
-from bench.harness import BROKER_NAMES, GROUP_OPTIONS, Process, broker, fresh_mongo, rate_through  # noqa: E402
+from bench.harness import BROKER_NAMES, broker, consumer_process, fresh_mongo, rate_through  # noqa: E402
 from kafkashake.demo import embedded  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "consumer_scale.json"
 MEMORY_GOAL_MB = 300.0
-
-
-def consumer(stack: embedded.EmbeddedStack, destination_uri: str, brokers: str, topic: str, group: str,
-             *extra: str) -> Process:
-    return Process(stack, "consumer", "run", "--dest-uri", destination_uri, "--brokers", brokers, "--topic", topic,
-                   "--group", group, *GROUP_OPTIONS, *extra)
 
 
 def held_backlog_memory(stack, brokers: str, backlog: int, hold_s: float) -> dict:
@@ -49,7 +43,7 @@ def held_backlog_memory(stack, brokers: str, backlog: int, hold_s: float) -> dic
     publish(brokers, topic, "held.items", encoded)
     del encoded
     with fresh_mongo(stack, "held-dest") as destination:
-        process = consumer(stack, destination.uri, brokers, topic, f"held-{uuid.uuid4().hex[:6]}",
+        process = consumer_process(stack, destination.uri, brokers, topic, f"held-{uuid.uuid4().hex[:6]}",
                            "--target-delay", "3600")
         samples = []
         try:
@@ -73,7 +67,7 @@ def apply_rate(stack, brokers: str, topic: str, ns: str, expected: int, instance
     /metrics from the first event applied to the last, and how many each applied."""
     group = f"scale-{uuid.uuid4().hex[:6]}"
     with fresh_mongo(stack, "scale-dest") as destination:
-        processes = [consumer(stack, destination.uri, brokers, topic, group) for _ in range(instances)]
+        processes = [consumer_process(stack, destination.uri, brokers, topic, group) for _ in range(instances)]
         try:
             rate = rate_through(processes, "kafkashake_consumer_events_applied", expected)
             shares = [round(process.metric("kafkashake_consumer_events_applied")) for process in processes]

@@ -127,6 +127,14 @@ class Process:
         return self.popen.wait(60)
 
 
+def consumer_process(stack: embedded.EmbeddedStack, destination_uri: str, brokers: str, topic: str, group: str,
+                     *extra: str) -> Process:
+    """A `kafkashake consumer run` of `topic` into `destination_uri`, in `group`, with the benchmarks' group
+    timeouts."""
+    return Process(stack, "consumer", "run", "--dest-uri", destination_uri, "--brokers", brokers, "--topic", topic,
+                   "--group", group, *GROUP_OPTIONS, *extra)
+
+
 def cpu_seconds(pid: int) -> float:
     """User and system CPU a live process has used so far (Linux)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
