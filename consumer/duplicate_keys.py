@@ -17,14 +17,14 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from pymongo import MongoClient, ReplaceOne
+from pymongo import MongoClient
 from pymongo.collection import Collection
 from pymongo.errors import DuplicateKeyError, OperationFailure
 
 from kafkashake.consumer.apply_report import ApplyReport, where_in_kafka
 from kafkashake.consumer.conflicts import DUPLICATE_KEY, Conflict, duplicate_index_name
 from kafkashake.consumer.parked import ParkedWrites
-from kafkashake.consumer.write_plan import Write
+from kafkashake.consumer.write_plan import Write, has_dollar_named_field, replace_whole, replacing_pipeline
 from kafkashake.runtime.retry import is_transient
 
 log = logging.getLogger("kafkashake.consumer.applier")
@@ -84,8 +84,12 @@ class DuplicateKeys:
     def _replace_existing(collection: Collection, write: Write, report: ApplyReport) -> None:
         """insert_on_dup_update: the inserted document replaces the existing one whole (MongoShake merged with
         $set, so fields the insert did not have survived). A duplicate on another unique index stays a conflict."""
+        document = write.event.fields["o"]
         try:
-            collection.replace_one({"_id": write.document_id}, write.event.fields["o"])
+            if has_dollar_named_field(document):
+                collection.update_one({"_id": write.document_id}, replacing_pipeline(document))
+            else:
+                collection.replace_one({"_id": write.document_id}, document)
         except DuplicateKeyError as exc:
             details = exc.details or {}
             report.conflicts.append(Conflict(DUPLICATE_KEY, write.event, exc.code, str(details.get("errmsg", exc)),
@@ -99,8 +103,8 @@ def _fold_into(refused: Write, later: Write) -> None:
     state (creating the document if need be) or deletes it: the value may be free by then, the document having
     moved on (a replayed window ends at another time in each partition)."""
     later.along = [*refused.along, refused.event, *later.along]
-    if isinstance(later.request, ReplaceOne) and later.replacement is not None:
-        later.request = ReplaceOne({"_id": later.document_id}, later.replacement, upsert=True)
+    if later.replacement is not None:  # set only where the request writes it whole
+        later.request = replace_whole(later.document_id, later.replacement, upsert=True)
 
 
 def _conflict(write: Write, error: dict, index_name: str | None) -> Conflict:

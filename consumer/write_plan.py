@@ -72,6 +72,23 @@ class Lane:
     planned: "Plan | None" = None
 
 
+def replace_whole(document_id: Any, document: Any, upsert: bool) -> ReplaceOne | UpdateOne:
+    """The write of `document` whole over the one with this _id. MongoDB stores top-level field names starting
+    with `$` but refuses them in a replacement (code 52), so such a document is written by an update pipeline
+    replacing it with the document as a literal."""
+    if has_dollar_named_field(document):
+        return UpdateOne({"_id": document_id}, replacing_pipeline(document), upsert=upsert)
+    return ReplaceOne({"_id": document_id}, document, upsert=upsert)
+
+
+def has_dollar_named_field(document: Any) -> bool:
+    return any(name.startswith("$") for name in document)
+
+
+def replacing_pipeline(document: Any) -> list[dict[str, Any]]:
+    return [{"$replaceWith": {"$literal": document}}]
+
+
 def plan_ahead(lane: Lane, acknowledged: bool, policy: ReplayPolicy) -> None:
     """Plan what needs no read of the destination: direct updates (not for an unacknowledged write, which gives no
     matched count to tell a miss by, nor in source order), and the whole lane when none of its updates needs its
@@ -125,7 +142,7 @@ def plan(writes: list[Write], documents: dict[str, Any], policy: ReplayPolicy,
         op, converges = w.event.op, w.event.converge or w.event.replayed
         if op == "i":
             if converges:
-                w.request = ReplaceOne({"_id": w.document_id}, w.event.fields["o"], upsert=True)
+                w.request = replace_whole(w.document_id, w.event.fields["o"], upsert=True)
                 state[w.key] = w.event.fields["o"]
             else:
                 w.request = InsertOne(w.event.fields["o"])
@@ -166,7 +183,7 @@ def collapse_converging_writes(window: list[Write], state: dict[str, Any], resul
             final.request = DeleteOne({"_id": last.document_id})
         else:
             final.replacement = state[key]
-            final.request = ReplaceOne({"_id": last.document_id}, final.replacement, upsert=True)
+            final.request = replace_whole(last.document_id, final.replacement, upsert=True)
         finals.append(final)
     result.writes += sorted(finals, key=lambda w: not isinstance(w.request, DeleteOne))
 
@@ -183,7 +200,7 @@ def _plan_update(w: Write, state: dict[str, Any], policy: ReplayPolicy, result: 
         current = dict(w.event.fields["o2"])  # what an upsert of this update would start from
     if _apply_in_memory(w, current, state, result):
         w.replacement = state[w.key]
-        w.request = ReplaceOne({"_id": w.document_id}, w.replacement, upsert=policy.upsert)
+        w.request = replace_whole(w.document_id, w.replacement, upsert=policy.upsert)
 
 
 def _pass_over_missing(w: Write, result: Plan) -> None:

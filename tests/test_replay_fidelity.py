@@ -378,3 +378,37 @@ def test_a_refused_final_state_is_left_to_the_documents_next_change(shared_mongo
     report = applier.apply([replayed_insert, copy_overlap_event(ns, 2, "u", "Y", 5, converge=False)])
     assert not report.conflicts and report.parked == [] and report.applied == {"i": 1, "u": 1}
     assert list(collection.find(sort=[("_id", 1)])) == [{"_id": "X", "x": 1}, {"_id": "Y", "x": 5}]
+
+
+@pytest.mark.parametrize("unique_index", [False, True])
+def test_documents_with_dollar_named_top_level_fields_are_replaced_whole(shared_mongo, unique_index: bool) -> None:
+    """MongoDB stores a `$price` field but refuses it in a replacement (code 52): every whole-document write of the
+    consumer (a planned update, a converging copy, insert-on-duplicate-update) still lands, byte for byte."""
+    from kafkashake.consumer.settings import ReplayPolicy
+    mongo = client(shared_mongo)
+    db_name = unique("dollarnames")
+    collection = mongo[db_name].get_collection("c", codec_options=EXACT)
+    source = [{"_id": n, "$price": bson.Decimal128(f"{n}.5"), "a": {"$x": n}} for n in range(3)]
+    collection.insert_many([dict(d) for d in source])
+    ns = f"{db_name}.c"
+    changes = [
+        {"ts": Timestamp(5, 1), "op": "u", "ns": ns, "o2": {"_id": 0}, "o": {"$v": 2, "diff": {"i": {"added": 1}}}},
+        {"ts": Timestamp(5, 2), "op": "i", "ns": ns, "o": {"_id": 1, "$price": bson.Decimal128("9.5"), "z": 1}},
+    ]
+    events = [event for offset, c in enumerate(changes) for event in decode_message(as_message(c), "t", 0, offset)]
+    events[1].converge = True
+    applier = Applier(mongo, frozenset(), ReplayPolicy(insert_on_dup_update=True),
+                      has_unique_index=lambda ns: unique_index)
+    report = applier.apply(events)
+    assert not report.conflicts and not report.rejected
+    duplicate = decode_message(as_message({"ts": Timestamp(5, 3), "op": "i", "ns": ns,
+                                           "o": {"_id": 2, "$price": bson.Int64(7), "$inc": True}}), "t", 0, 2)
+    report = applier.apply(duplicate)
+    assert not report.conflicts and not report.rejected
+    expected = [
+        {"_id": 0, "$price": bson.Decimal128("0.5"), "a": {"$x": 0}, "added": 1},
+        {"_id": 1, "$price": bson.Decimal128("9.5"), "z": 1},
+        {"_id": 2, "$price": bson.Int64(7), "$inc": True},
+    ]
+    raw = mongo[db_name].get_collection("c", codec_options=CodecOptions(document_class=RawBSONDocument))
+    assert [bytes(d.raw) for d in raw.find(sort=[("_id", 1)])] == [bson.encode(d) for d in expected]
